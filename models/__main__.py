@@ -1,0 +1,57 @@
+"""`python -m models import [NAME...]` and `python -m models list`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from tqdm import tqdm
+
+from models.catalog import load_catalog, weights_dir
+from models.store import import_model, stored
+
+
+def _import(names: list[str], force: bool) -> int:
+    catalog = load_catalog()
+    unknown = [n for n in names if catalog.get(n) is None]
+    if unknown:
+        print(f"unknown model(s): {', '.join(unknown)}; the catalog has: "
+              f"{', '.join(m.name for m in catalog.models)}", file=sys.stderr)
+        return 2
+    entries = [catalog.get(n) for n in names] if names else catalog.models
+    print(f"weights directory: {weights_dir() or '(none)'}")
+    outcomes = []
+    with tqdm(entries, unit="model", desc="importing", file=sys.stderr) as bar:
+        for entry in bar:
+            bar.set_postfix_str(entry.name)
+            outcomes.append(import_model(entry, force=force, progress=bar.set_postfix_str))
+    width = max(len(o.name) for o in outcomes)
+    for o in outcomes:
+        print(f"{o.name:<{width}}  {o.status:<10}  {o.tag or ''}  {o.detail}")
+    return 0
+
+
+def _list() -> int:
+    catalog = load_catalog()
+    for entry in catalog.models:
+        model = stored(entry.name)
+        where = f"{model.tag} ({model.info.metadata.get('source')})" if model else "not imported"
+        print(f"{entry.name:<20} {entry.family:<13} {entry.task.value:<9} {where}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m models", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    imp = sub.add_parser("import", help="put catalog models into the BentoML model store")
+    imp.add_argument("names", nargs="*", help="catalog names (default: all)")
+    imp.add_argument("--force", action="store_true", help="re-import even when up to date")
+    sub.add_parser("list", help="show the catalog and what the model store holds")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    return _import(args.names, args.force) if args.command == "import" else _list()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

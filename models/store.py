@@ -1,0 +1,144 @@
+"""Put catalog models into the BentoML model store, and find them there.
+
+Each stored model holds the weights exactly as obtained (a file, or a whole export folder) plus
+metadata: family, task, class names, source, the entry path to load and sha256 digests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import bentoml
+from bentoml.exceptions import NotFound
+
+from models.catalog import ModelEntry, Source, weights_dir
+
+log = logging.getLogger("yolo_toys.models")
+
+
+class SourceUnavailable(Exception):
+    """This source cannot provide the model here (missing file, no internet, ...)."""
+
+
+@dataclass
+class Fetched:
+    path: Path  # file or folder to copy into the store
+    entry: str  # what to load, relative to the stored model's folder
+    source: Source
+
+
+@dataclass
+class ImportOutcome:
+    name: str
+    status: str  # "imported", "up to date" or "skipped"
+    detail: str
+    tag: str | None = None
+
+
+def sha256_tree(path: Path) -> dict[str, str]:
+    """sha256 of every file under `path` (or of the file itself), by relative path."""
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    digests = {}
+    for file in files:
+        h = hashlib.sha256()
+        with open(file, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        digests[file.relative_to(path).as_posix() if path.is_dir() else file.name] = h.hexdigest()
+    return digests
+
+
+def combined_digest(digests: dict[str, str]) -> str:
+    return hashlib.sha256("".join(f"{k}:{v}\n" for k, v in sorted(digests.items())).encode()).hexdigest()
+
+
+def _fetch_local(entry: ModelEntry, source: Source) -> Fetched:
+    root = weights_dir()
+    if root is None:
+        raise SourceUnavailable("no weights directory (set YOLO_TOYS_WEIGHTS)")
+    target = root / str(source.local)
+    if not target.exists():
+        raise SourceUnavailable(f"{target} does not exist")
+    # A file inside an export folder (TFLite + metadata.yaml) travels with its folder.
+    top = root / Path(str(source.local)).parts[0]
+    return Fetched(path=top, entry=target.relative_to(top.parent).as_posix(), source=source)
+
+
+def _fetch_hub(entry: ModelEntry, source: Source, workdir: Path) -> Fetched:
+    if entry.family == "ultralytics":
+        from ultralytics.utils.downloads import attempt_download_asset
+
+        try:
+            local = Path(attempt_download_asset(workdir / str(source.hub)))
+        except Exception as exc:  # no internet, unknown asset, ...
+            raise SourceUnavailable(f"download of {source.hub} failed: {exc}".splitlines()[0]) from None
+        if not local.is_file():
+            raise SourceUnavailable(f"download of {source.hub} produced no file")
+        return Fetched(path=local, entry=local.name, source=source)
+    raise SourceUnavailable(f"no hub loader for family {entry.family}")
+
+
+def _inspect(entry: ModelEntry, weights: Path) -> dict:
+    """Load the model once to check its task and record its class names."""
+    if entry.family == "ultralytics":
+        from ultralytics import YOLO
+
+        model = YOLO(str(weights), task=entry.task.value)
+        if model.task != entry.task.value:
+            raise SourceUnavailable(f"weights are for task {model.task}, catalog says {entry.task.value}")
+        return {"class_names": {int(k): str(v) for k, v in model.names.items()}}
+    return {}
+
+
+def stored(name: str) -> bentoml.Model | None:
+    try:
+        return bentoml.models.get(f"{name}:latest")
+    except NotFound:
+        return None
+
+
+def import_model(entry: ModelEntry, *, force: bool = False, progress: Callable[[str], None] = log.info) -> ImportOutcome:
+    reasons = []
+    with tempfile.TemporaryDirectory(prefix="yolo-toys-import-") as tmp:
+        for source in entry.sources:
+            try:
+                progress(f"{entry.name}: trying {source.describe()}")
+                fetched = (
+                    _fetch_local(entry, source) if source.local else _fetch_hub(entry, source, Path(tmp))
+                )
+                digests = sha256_tree(fetched.path)
+                digest = combined_digest(digests)
+                existing = stored(entry.name)
+                if existing is not None and not force and existing.info.metadata.get("sha256") == digest:
+                    return ImportOutcome(entry.name, "up to date", source.describe(), str(existing.tag))
+                progress(f"{entry.name}: checking weights")
+                inspected = _inspect(entry, fetched.path.parent / fetched.entry)
+                progress(f"{entry.name}: copying into the model store")
+                with bentoml.models.create(
+                    entry.name,
+                    labels={"family": entry.family, "task": entry.task.value},
+                    metadata={
+                        "family": entry.family,
+                        "task": entry.task.value,
+                        "source": source.describe(),
+                        "entry": fetched.entry,
+                        "sha256": digest,
+                        "files_sha256": digests,
+                        **inspected,
+                    },
+                ) as model:
+                    destination = Path(model.path) / fetched.path.name
+                    if fetched.path.is_dir():
+                        shutil.copytree(fetched.path, destination)
+                    else:
+                        shutil.copy2(fetched.path, destination)
+                return ImportOutcome(entry.name, "imported", source.describe(), str(model.tag))
+            except SourceUnavailable as exc:
+                reasons.append(f"{source.describe()}: {exc}")
+    return ImportOutcome(entry.name, "skipped", "; ".join(reasons))

@@ -1,0 +1,272 @@
+"""Request options and result schemas shared by every model family.
+
+A client parses a `/detect` answer the same way whether a YOLO or a transformers model produced it:
+every runner postprocesses into these types.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Task(str, Enum):
+    detect = "detect"
+    segment = "segment"
+    pose = "pose"
+    classify = "classify"
+    obb = "obb"
+
+
+# ---- request options ---------------------------------------------------------------------------
+
+ModelName = Annotated[
+    str | None,
+    Field(
+        description="Catalog name of the model (see `GET /models`); the task's default if omitted.",
+        examples=["yolo11n"],
+        min_length=1,
+        max_length=128,
+    ),
+]
+Conf = Annotated[float, Field(ge=0.0, le=1.0, description="Minimum confidence score.")]
+Iou = Annotated[float, Field(ge=0.0, le=1.0, description="IoU threshold of non-maximum suppression.")]
+ImgSz = Annotated[
+    int | None,
+    Field(
+        ge=32,
+        le=4096,
+        description="Inference size in pixels (long side); the model's own size if omitted. "
+        "Models exported with a fixed input size accept only that size.",
+    ),
+]
+MaxDet = Annotated[int, Field(ge=1, le=1000, description="Maximum number of instances returned.")]
+Classes = Annotated[
+    list[Annotated[int, Field(ge=0)]] | None,
+    Field(max_length=1000, description="Keep only these class ids (JSON list, e.g. `[0, 5]`)."),
+]
+TopK = Annotated[int, Field(ge=1, le=100, description="Number of labels returned by classification.")]
+
+
+class PredictOptions(BaseModel):
+    """Options of one inference request, after validation."""
+
+    conf: float = 0.25
+    iou: float = 0.7
+    imgsz: int | None = None
+    max_det: int = 300
+    classes: tuple[int, ...] | None = None
+    top_k: int = 5
+
+
+# ---- results -----------------------------------------------------------------------------------
+
+
+class Box(BaseModel):
+    """Axis-aligned box in pixels of the original (EXIF-rotated) image."""
+
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+
+
+class Detection(BaseModel):
+    box: Box
+    score: float = Field(ge=0.0, le=1.0)
+    class_id: int
+    label: str
+
+
+Point = tuple[float, float]
+
+
+class SegmentInstance(Detection):
+    polygons: list[list[Point]] = Field(
+        description="Outlines of the instance mask, each a list of (x, y) pixel points."
+    )
+
+
+class Keypoint(BaseModel):
+    name: str
+    x: float
+    y: float
+    score: float
+
+
+class PoseInstance(Detection):
+    keypoints: list[Keypoint] = Field(description="Named keypoints (17 COCO keypoints for COCO pose models).")
+
+
+class RotatedBox(BaseModel):
+    cx: float
+    cy: float
+    width: float
+    height: float
+    angle: float = Field(description="Rotation in degrees, clockwise in image coordinates.")
+    corners: list[Point] = Field(min_length=4, max_length=4, description="The 4 corners in pixels.")
+
+
+class OrientedDetection(BaseModel):
+    rbox: RotatedBox
+    score: float = Field(ge=0.0, le=1.0)
+    class_id: int
+    label: str
+
+
+class Classification(BaseModel):
+    class_id: int
+    label: str
+    score: float
+
+
+class ImageSize(BaseModel):
+    width: int
+    height: int
+
+
+class Timings(BaseModel):
+    """Milliseconds per stage; batch stages are divided by the batch size."""
+
+    decode_ms: float = 0.0
+    preprocess_ms: float = 0.0
+    inference_ms: float = 0.0
+    postprocess_ms: float = 0.0
+    total_ms: float = Field(0.0, description="Wall time inside the service, upload parsing excluded.")
+    batch_size: int = Field(1, description="How many images shared this image's inference batch.")
+
+
+class ResultBase(BaseModel):
+    model: str
+    image: ImageSize
+    timings: Timings
+
+
+class DetectResult(ResultBase):
+    task: Literal["detect"] = "detect"
+    detections: list[Detection]
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "task": "detect",
+                    "model": "yolo11n",
+                    "image": {"width": 810, "height": 1080},
+                    "detections": [
+                        {
+                            "box": {"x1": 22.9, "y1": 231.3, "x2": 805.0, "y2": 756.8},
+                            "score": 0.93,
+                            "class_id": 5,
+                            "label": "bus",
+                        }
+                    ],
+                    "timings": {"decode_ms": 9.1, "preprocess_ms": 2.0, "inference_ms": 45.2,
+                                "postprocess_ms": 0.8, "total_ms": 61.3, "batch_size": 1},
+                }
+            ]
+        }
+    )
+
+
+class SegmentResult(ResultBase):
+    task: Literal["segment"] = "segment"
+    instances: list[SegmentInstance]
+
+
+class PoseResult(ResultBase):
+    task: Literal["pose"] = "pose"
+    instances: list[PoseInstance]
+
+
+class ClassifyResult(ResultBase):
+    task: Literal["classify"] = "classify"
+    top_k: list[Classification]
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "task": "classify",
+                    "model": "yolo11n-cls",
+                    "image": {"width": 810, "height": 1080},
+                    "top_k": [{"class_id": 654, "label": "minibus", "score": 0.65}],
+                    "timings": {"decode_ms": 9.0, "preprocess_ms": 6.0, "inference_ms": 7.0,
+                                "postprocess_ms": 0.1, "total_ms": 25.0, "batch_size": 1},
+                }
+            ]
+        }
+    )
+
+
+class ObbResult(ResultBase):
+    task: Literal["obb"] = "obb"
+    detections: list[OrientedDetection]
+
+
+TaskResult = Annotated[
+    Union[DetectResult, SegmentResult, PoseResult, ClassifyResult, ObbResult],
+    Field(discriminator="task"),
+]
+
+
+class ErrorBody(BaseModel):
+    """Body of every 4xx answer."""
+
+    error: str = Field(description="What went wrong, in a few words.", examples=["unknown model"])
+    detail: str | list | dict | None = Field(
+        None, description="Specifics: the offending value, the limit, the choices.",
+    )
+
+
+# ---- models listing ----------------------------------------------------------------------------
+
+
+class BatchingInfo(BaseModel):
+    max_batch_size: int
+    max_latency_ms: int
+
+
+class ModelInfo(BaseModel):
+    name: str
+    family: str
+    task: Task
+    default: bool
+    loaded: bool
+    reason: str | None = Field(None, description="Why the model is not loaded.")
+    source: str | None = Field(None, description="Where the loaded weights came from.")
+    format: str | None = None
+    device: str | None = None
+    half: bool = False
+    imgsz: int | None = Field(None, description="Input size the model was exported or trained for.")
+    fixed_imgsz: bool = False
+    labels: dict[int, str] = Field(default_factory=dict)
+    batching: BatchingInfo
+
+
+class ModelsResponse(BaseModel):
+    models: list[ModelInfo]
+
+
+# ---- between the front service and the runners ------------------------------------------------
+
+
+class InferenceJob(BaseModel):
+    """One image for one model, as the front service hands it to a family runner."""
+
+    model: str
+    task: Task
+    image: bytes = Field(repr=False, description="The uploaded bytes, decoded once in the runner.")
+    options: PredictOptions = Field(default_factory=PredictOptions)
+    annotate: bool = False
+
+
+class Outcome(BaseModel):
+    """A runner's answer for one job: a result, or the 4xx the front must send."""
+
+    result: TaskResult | None = None
+    annotated_jpeg: bytes | None = Field(None, repr=False)
+    status: int = 200
+    error: ErrorBody | None = None

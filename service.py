@@ -1,0 +1,183 @@
+"""YOLO-Toys: the front service. Routing, validation and error answers; no model code.
+
+Every task endpoint takes a multipart `image` plus options, picks the model (the task's default
+if none is named), checks it, and hands the still-encoded bytes to the runner of the model's
+family, which batches, decodes once, infers and answers in the shared schemas.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import bentoml
+from bentoml.validators import ContentType
+from fastapi import FastAPI
+from starlette.responses import JSONResponse, Response
+
+from guard import MULTIPART_OVERHEAD, BodyLimit, install_upload_guard
+from imaging import LIMITS, EncodedImage, ImageUpload
+from models.catalog import load_catalog
+from runners.ultralytics import UltralyticsRunner
+from schemas import (
+    Classes,
+    ClassifyResult,
+    Conf,
+    DetectResult,
+    ImgSz,
+    InferenceJob,
+    Iou,
+    MaxDet,
+    ModelInfo,
+    ModelName,
+    ModelsResponse,
+    ObbResult,
+    Outcome,
+    PoseResult,
+    PredictOptions,
+    SegmentResult,
+    Task,
+    TopK,
+)
+
+log = logging.getLogger("yolo_toys")
+install_upload_guard()
+
+extras = FastAPI(title="YOLO-Toys", docs_url=None, redoc_url=None, openapi_url=None)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, error: str, detail: Any = None) -> None:
+        super().__init__(error)
+        self.status, self.error, self.detail = status, error, detail
+
+    def response(self) -> JSONResponse:
+        return JSONResponse({"error": self.error, "detail": self.detail}, status_code=self.status)
+
+
+@bentoml.asgi_app(extras, path="/")
+@bentoml.service(
+    name="yolo_toys",
+    traffic={"timeout": 120},
+    labels={"project": "yolo-toys"},
+)
+class YoloToys:
+    ultralytics = bentoml.depends(UltralyticsRunner)
+
+    def __init__(self) -> None:
+        self.catalog = load_catalog()
+        self.runners = {"ultralytics": self.ultralytics}
+        self._status: dict[str, ModelInfo] | None = None
+
+    async def model_status(self) -> dict[str, ModelInfo]:
+        """The runners' view of the catalog; fixed once they have started, so asked once."""
+        if self._status is None:
+            infos: list[ModelInfo] = []
+            for runner in self.runners.values():
+                infos += [ModelInfo.model_validate(i) for i in await runner.to_async.status()]
+            self._status = {i.name: i for i in infos}
+            loaded = [n for n, i in self._status.items() if i.loaded]
+            missing = {n: i.reason for n, i in self._status.items() if not i.loaded}
+            log.info("models loaded: %s; missing: %s", ", ".join(loaded) or "none", missing or "none")
+        return self._status
+
+    async def resolve(self, task: Task, name: str | None, options: PredictOptions) -> ModelInfo:
+        status = await self.model_status()
+        if name is None:
+            candidates = [i for i in status.values() if i.task == task and i.loaded]
+            candidates.sort(key=lambda i: not i.default)
+            if not candidates:
+                raise ApiError(404, "no model loaded for task", f"no {task.value} model is loaded; see GET /models")
+            info = candidates[0]
+        else:
+            info = status.get(name)
+            if info is None:
+                raise ApiError(404, "unknown model", f"{name!r} is not in the catalog; known: {sorted(status)}")
+            if not info.loaded:
+                raise ApiError(404, "model not loaded", f"{name!r} is in the catalog but not loaded: {info.reason}")
+            if info.task != task:
+                raise ApiError(422, "wrong task for model", f"{name!r} serves {info.task.value}, not {task.value}")
+        if options.imgsz is not None and info.fixed_imgsz and options.imgsz != info.imgsz:
+            raise ApiError(422, "imgsz not supported", f"{info.name!r} has a fixed input size of {info.imgsz}")
+        if options.classes and info.labels:
+            unknown = sorted(c for c in options.classes if c not in info.labels)
+            if unknown:
+                raise ApiError(422, "unknown class ids", f"{unknown}; {info.name!r} has ids 0..{max(info.labels)}")
+        if task == Task.classify and info.labels and options.top_k > len(info.labels):
+            options.top_k = len(info.labels)
+        return info
+
+    async def run(self, task: Task, image: EncodedImage, name: str | None, options: PredictOptions,
+                  annotate: bool = False) -> Outcome:
+        info = await self.resolve(task, name, options)
+        job = InferenceJob(model=info.name, task=task, image=image.data, options=options, annotate=annotate)
+        [outcome] = await self.runners[info.family].to_async.predict([job])
+        outcome = Outcome.model_validate(outcome)
+        if outcome.error is not None:
+            raise ApiError(outcome.status, outcome.error.error, outcome.error.detail)
+        return outcome
+
+    async def answer(self, task: Task, image: EncodedImage, name: str | None, **options: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            outcome = await self.run(task, image, name, PredictOptions(**options))
+        except ApiError as exc:
+            return exc.response()
+        result = outcome.result
+        result.timings.total_ms = (time.perf_counter() - started) * 1000
+        return result
+
+    @bentoml.api(route="/detect")
+    async def detect(self, image: ImageUpload, model: ModelName = None, conf: Conf = 0.25, iou: Iou = 0.7,
+                     imgsz: ImgSz = None, max_det: MaxDet = 300, classes: Classes = None) -> DetectResult:
+        """Boxes with score, class id and label."""
+        return await self.answer(Task.detect, image, model, conf=conf, iou=iou, imgsz=imgsz, max_det=max_det,
+                                 classes=classes)
+
+    @bentoml.api(route="/segment")
+    async def segment(self, image: ImageUpload, model: ModelName = None, conf: Conf = 0.25, iou: Iou = 0.7,
+                      imgsz: ImgSz = None, max_det: MaxDet = 300, classes: Classes = None) -> SegmentResult:
+        """Instances with box, label and mask outline polygons."""
+        return await self.answer(Task.segment, image, model, conf=conf, iou=iou, imgsz=imgsz, max_det=max_det,
+                                 classes=classes)
+
+    @bentoml.api(route="/pose")
+    async def pose(self, image: ImageUpload, model: ModelName = None, conf: Conf = 0.25, iou: Iou = 0.7,
+                   imgsz: ImgSz = None, max_det: MaxDet = 300) -> PoseResult:
+        """Persons with box and 17 named keypoints."""
+        return await self.answer(Task.pose, image, model, conf=conf, iou=iou, imgsz=imgsz, max_det=max_det)
+
+    @bentoml.api(route="/classify")
+    async def classify(self, image: ImageUpload, model: ModelName = None, imgsz: ImgSz = None,
+                       top_k: TopK = 5) -> ClassifyResult:
+        """The top-k labels of the whole image."""
+        return await self.answer(Task.classify, image, model, imgsz=imgsz, top_k=top_k)
+
+    @bentoml.api(route="/obb")
+    async def obb(self, image: ImageUpload, model: ModelName = None, conf: Conf = 0.25, iou: Iou = 0.7,
+                  imgsz: ImgSz = None, max_det: MaxDet = 300, classes: Classes = None) -> ObbResult:
+        """Rotated boxes: center, size, angle and the 4 corners."""
+        return await self.answer(Task.obb, image, model, conf=conf, iou=iou, imgsz=imgsz, max_det=max_det,
+                                 classes=classes)
+
+    @bentoml.api(route="/annotate")
+    async def annotate(self, image: ImageUpload, task: Task = Task.detect, model: ModelName = None,
+                       conf: Conf = 0.25, iou: Iou = 0.7, imgsz: ImgSz = None, max_det: MaxDet = 300,
+                       classes: Classes = None, top_k: TopK = 5) -> Annotated[Path, ContentType("image/jpeg")]:
+        """The image as a JPEG with the task's boxes, masks, keypoints or labels drawn on it."""
+        options = PredictOptions(conf=conf, iou=iou, imgsz=imgsz, max_det=max_det, classes=classes, top_k=top_k)
+        try:
+            outcome = await self.run(task, image, model, options, annotate=True)
+        except ApiError as exc:
+            return exc.response()
+        return Response(outcome.annotated_jpeg, media_type="image/jpeg")
+
+    @extras.get("/models", response_model=ModelsResponse, tags=["Service APIs"])
+    async def list_models(self) -> ModelsResponse:
+        """The catalog: each model's family, task, labels, batching and whether it is loaded."""
+        return ModelsResponse(models=list((await self.model_status()).values()))
+
+
+YoloToys.add_asgi_middleware(BodyLimit, max_bytes=LIMITS.max_upload_bytes + MULTIPART_OVERHEAD)
