@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import os
-import warnings
+import sys
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -44,6 +44,7 @@ _SIGNATURES: list[tuple[str, Any]] = [
     ("PNM", lambda b: len(b) > 2 and b[:1] == b"P" and b[1:2] in b"123456" and b[2:3].isspace()),
 ]
 SUPPORTED_FORMATS = [name for name, _ in _SIGNATURES]
+_PIL_FORMATS = {"PNM": "PPM"}
 
 
 class ImageError(ValueError):
@@ -62,7 +63,6 @@ class EncodedImage:
 
     data: bytes
     format: str
-    filename: str | None = None
 
 
 def sniff_format(data: bytes) -> str | None:
@@ -70,7 +70,7 @@ def sniff_format(data: bytes) -> str | None:
     return next((name for name, test in _SIGNATURES if test(head)), None)
 
 
-def check_upload(data: bytes, filename: str | None = None) -> EncodedImage:
+def check_upload(data: bytes) -> EncodedImage:
     if not data:
         raise ImageError(400, "empty image", "the uploaded file has no bytes")
     if len(data) > LIMITS.max_upload_bytes:
@@ -84,32 +84,26 @@ def check_upload(data: bytes, filename: str | None = None) -> EncodedImage:
             "unsupported image format",
             f"the file is not an image in a supported format ({', '.join(SUPPORTED_FORMATS)})",
         )
-    return EncodedImage(data=data, format=fmt, filename=filename)
+    return EncodedImage(data=data, format=fmt)
 
 
-def _read_upload(value: Any) -> EncodedImage:
-    """Pydantic before-validator for the multipart `image` field (a Starlette UploadFile)."""
-    if isinstance(value, EncodedImage):
-        return value
+def _read_upload(value: Any) -> bytes:
+    """Pydantic before-validator of the multipart `image` field: the uploaded file's bytes.
+
+    The checks with their own statuses (415, 413) run in the API method through `check_upload`;
+    a validator can only answer 400.
+    """
     if isinstance(value, (bytes, bytearray)):
-        return _checked(bytes(value), None)
+        return bytes(value)
     file = getattr(value, "file", None)
     if file is None:
         raise ValueError("`image` must be an uploaded file (multipart/form-data), not a text field")
     file.seek(0)
-    return _checked(file.read(LIMITS.max_upload_bytes + 1), getattr(value, "filename", None))
-
-
-def _checked(data: bytes, filename: str | None) -> EncodedImage:
-    try:
-        return check_upload(data, filename)
-    except ImageError as exc:
-        # Pydantic only turns ValueError into a 400; keep the message specific.
-        raise ValueError(f"{exc.error}: {exc.detail}") from None
+    return file.read(LIMITS.max_upload_bytes + 1)
 
 
 # Declared as a PIL image so that BentoML makes the request multipart and Swagger shows a file
-# picker; the validated value is an `EncodedImage` (BentoML passes unknown objects through).
+# picker; the validated value is the upload's `bytes` (BentoML passes unknown objects through).
 ImageUpload = Annotated[
     Image.Image,
     BeforeValidator(_read_upload),
@@ -120,16 +114,17 @@ ImageUpload = Annotated[
 # ---- decoding (runner side) --------------------------------------------------------------------
 
 
-def _to_uint8(arr: np.ndarray) -> np.ndarray:
-    """Scale high-bit-depth or float pixels to 0..255."""
+def _to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
+    """Scale 16-bit pixels by their bit depth, 32-bit integer and float pixels by their range."""
     if arr.dtype == np.uint8:
         return arr
-    if np.issubdtype(arr.dtype, np.floating):
-        lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
-        scaled = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
-        return np.nan_to_num(scaled).astype(np.uint8)
-    peak = 65535 if arr.max(initial=0) > 255 else 255
-    return (arr.astype(np.float32) * (255.0 / peak)).round().astype(np.uint8)
+    if mode.startswith("I;16"):
+        return (arr.astype(np.float32) * (255.0 / 65535.0)).round().astype(np.uint8)
+    values = arr.astype(np.float64)
+    finite = values[np.isfinite(values)]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+    scaled = (values - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(values)
+    return np.clip(np.nan_to_num(scaled, posinf=255.0, neginf=0.0), 0, 255).round().astype(np.uint8)
 
 
 def to_rgb_array(im: Image.Image) -> np.ndarray:
@@ -137,7 +132,7 @@ def to_rgb_array(im: Image.Image) -> np.ndarray:
     if im.mode in ("RGB",):
         return np.asarray(im)
     if im.mode.startswith("I") or im.mode == "F":
-        grey = _to_uint8(np.asarray(im))
+        grey = _to_uint8(np.asarray(im), im.mode)
         return np.repeat(grey[..., None], 3, axis=2)
     if im.mode in ("P", "PA", "LA", "La", "RGBa"):
         im = im.convert("RGBA")
@@ -166,36 +161,38 @@ class DecodedImage:
         return np.ascontiguousarray(self.rgb[..., ::-1])
 
 
+def _pil_open(data: bytes, fmt: str) -> Image.Image:
+    """PIL's own opener, limited to the sniffed format.
+
+    Importing Ultralytics replaces `Image.open` with one that tries to pip-install a HEIF plugin
+    whenever PIL cannot identify a file: never wanted for a client's upload.
+    """
+    patches = sys.modules.get("ultralytics.utils.patches")
+    opener = getattr(patches, "_image_open", Image.open)
+    return opener(io.BytesIO(data), formats=[_PIL_FORMATS.get(fmt, fmt)])
+
+
 def decode(data: bytes, max_pixels: int | None = None) -> DecodedImage:
     """Decode once: pixel limit from the header first, then the full decode, first frame only."""
     limit = max_pixels or LIMITS.max_pixels
     fmt = sniff_format(data)
     if fmt is None:
         raise ImageError(415, "unsupported image format", "the bytes are not a supported image")
+    too_many = "image has too many pixels"
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as im:
-                width, height = im.size
-                if width <= 0 or height <= 0:
-                    raise ImageError(400, "invalid image", f"image size {width}x{height}")
-                if width * height > limit:
-                    raise ImageError(
-                        413,
-                        "image has too many pixels",
-                        f"{width}x{height} = {width * height} pixels; the limit is {limit}",
-                    )
-                im.load()
-                rotated = ImageOps.exif_transpose(im) or im
-                rgb = to_rgb_array(rotated)
+        with _pil_open(data, fmt) as im:
+            width, height = im.size
+            if width <= 0 or height <= 0:
+                raise ImageError(400, "invalid image", f"image size {width}x{height}")
+            if width * height > limit:
+                raise ImageError(413, too_many, f"{width}x{height} = {width * height} pixels; the limit is {limit}")
+            im.load()
+            rotated = ImageOps.exif_transpose(im) or im
+            rgb = to_rgb_array(rotated)
     except ImageError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(413, "image has too many pixels", str(exc)) from None
+    except Image.DecompressionBombError:
+        raise ImageError(413, too_many, f"the image header declares more than {limit} pixels") from None
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, struct.error, ...
         raise ImageError(400, "undecodable image", f"{fmt} data could not be decoded: {exc}") from None
     return DecodedImage(rgb=np.ascontiguousarray(rgb), format=fmt)
-
-
-# PIL refuses (or warns about) images above this at open time; the warning is an error in decode().
-Image.MAX_IMAGE_PIXELS = LIMITS.max_pixels

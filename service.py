@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from starlette.responses import JSONResponse, Response
 
 from guard import MULTIPART_OVERHEAD, BodyLimit, install_upload_guard
-from imaging import LIMITS, EncodedImage, ImageUpload
+from imaging import LIMITS, ImageError, ImageUpload, check_upload
 from models.catalog import load_catalog
 from runners.ultralytics import UltralyticsRunner
 from schemas import (
@@ -109,17 +109,21 @@ class YoloToys:
             options.top_k = len(info.labels)
         return info
 
-    async def run(self, task: Task, image: EncodedImage, name: str | None, options: PredictOptions,
+    async def run(self, task: Task, image: bytes, name: str | None, options: PredictOptions,
                   annotate: bool = False) -> Outcome:
+        try:
+            upload = check_upload(image)
+        except ImageError as exc:
+            raise ApiError(exc.status, exc.error, exc.detail) from None
         info = await self.resolve(task, name, options)
-        job = InferenceJob(model=info.name, task=task, image=image.data, options=options, annotate=annotate)
+        job = InferenceJob(model=info.name, task=task, image=upload.data, options=options, annotate=annotate)
         [outcome] = await self.runners[info.family].to_async.predict([job])
         outcome = Outcome.model_validate(outcome)
         if outcome.error is not None:
             raise ApiError(outcome.status, outcome.error.error, outcome.error.detail)
         return outcome
 
-    async def answer(self, task: Task, image: EncodedImage, name: str | None, **options: Any) -> Any:
+    async def answer(self, task: Task, image: bytes, name: str | None, **options: Any) -> Any:
         started = time.perf_counter()
         try:
             outcome = await self.run(task, image, name, PredictOptions(**options))

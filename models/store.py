@@ -10,9 +10,9 @@ import hashlib
 import logging
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import bentoml
 from bentoml.exceptions import NotFound
@@ -59,15 +59,18 @@ def combined_digest(digests: dict[str, str]) -> str:
 
 
 def _fetch_local(entry: ModelEntry, source: Source) -> Fetched:
-    root = weights_dir()
-    if root is None:
-        raise SourceUnavailable("no weights directory (set YOLO_TOYS_WEIGHTS)")
-    target = root / str(source.local)
-    if not target.exists():
-        raise SourceUnavailable(f"{target} does not exist")
-    # A file inside an export folder (TFLite + metadata.yaml) travels with its folder.
-    top = root / Path(str(source.local)).parts[0]
-    return Fetched(path=top, entry=target.relative_to(top.parent).as_posix(), source=source)
+    """A path under the weights directory, or an absolute path."""
+    local = Path(str(source.local)).expanduser()
+    if not local.is_absolute():
+        root = weights_dir()
+        if root is None:
+            raise SourceUnavailable("no weights directory (set YOLO_TOYS_WEIGHTS)")
+        local = root / local
+    if not local.exists():
+        raise SourceUnavailable(f"{local} does not exist")
+    # An exported file (TFLite, ...) needs the metadata.yaml beside it: copy its whole folder.
+    top = local.parent if local.is_file() and (local.parent / "metadata.yaml").is_file() else local
+    return Fetched(path=top, entry=local.relative_to(top.parent).as_posix(), source=source)
 
 
 def _fetch_hub(entry: ModelEntry, source: Source, workdir: Path) -> Fetched:

@@ -29,8 +29,8 @@ from schemas import (
     Box,
     Classification,
     ClassifyResult,
-    DetectResult,
     Detection,
+    DetectResult,
     ErrorBody,
     ImageSize,
     InferenceJob,
@@ -147,7 +147,7 @@ def _detections(r: Any, names: dict[int, str]) -> list[Detection]:
     cls = r.boxes.cls.cpu().numpy().astype(int).tolist()
     return [
         Detection(box=Box(x1=b[0], y1=b[1], x2=b[2], y2=b[3]), score=s, class_id=c, label=names.get(c, str(c)))
-        for b, s, c in zip(xyxy, conf, cls)
+        for b, s, c in zip(xyxy, conf, cls, strict=True)
     ]
 
 
@@ -163,7 +163,7 @@ def to_result(r: Any, loaded: LoadedModel, job: InferenceJob, timings: Timings) 
         polygons = r.masks.xy if r.masks is not None else [np.zeros((0, 2))] * len(dets)
         instances = [
             SegmentInstance(**d.model_dump(), polygons=[[(float(x), float(y)) for x, y in poly]] if len(poly) else [])
-            for d, poly in zip(dets, polygons)
+            for d, poly in zip(dets, polygons, strict=True)
         ]
         return SegmentResult(instances=instances, **common)
     if task == Task.pose:
@@ -171,10 +171,10 @@ def to_result(r: Any, loaded: LoadedModel, job: InferenceJob, timings: Timings) 
         kpts = r.keypoints.data.cpu().numpy() if r.keypoints is not None else np.zeros((len(dets), 0, 3))
         kp_names = COCO_KEYPOINTS if kpts.shape[1] == len(COCO_KEYPOINTS) else [f"kp{i}" for i in range(kpts.shape[1])]
         instances = []
-        for d, points in zip(dets, kpts):
+        for d, points in zip(dets, kpts, strict=True):
             keypoints = [
                 Keypoint(name=n, x=float(p[0]), y=float(p[1]), score=float(p[2]) if len(p) > 2 else 1.0)
-                for n, p in zip(kp_names, points)
+                for n, p in zip(kp_names, points, strict=True)
             ]
             instances.append(PoseInstance(**d.model_dump(), keypoints=keypoints))
         return PoseResult(instances=instances, **common)
@@ -193,7 +193,7 @@ def to_result(r: Any, loaded: LoadedModel, job: InferenceJob, timings: Timings) 
             corners = r.obb.xyxyxyxy.cpu().numpy().tolist()
             conf = r.obb.conf.cpu().numpy().tolist()
             cls = r.obb.cls.cpu().numpy().astype(int).tolist()
-            for (cx, cy, w, h, rad), pts, s, c in zip(xywhr, corners, conf, cls):
+            for (cx, cy, w, h, rad), pts, s, c in zip(xywhr, corners, conf, cls, strict=True):
                 rbox = RotatedBox(cx=cx, cy=cy, width=w, height=h, angle=math.degrees(rad),
                                   corners=[(float(x), float(y)) for x, y in pts])
                 detections.append(OrientedDetection(rbox=rbox, score=s, class_id=c, label=names.get(c, str(c))))
@@ -283,7 +283,12 @@ class UltralyticsRunner:
             cap = CATALOG.batching(loaded.entry).max_batch_size
             for start in range(0, len(members), cap):
                 chunk = members[start : start + cap]
-                self._infer(loaded, [jobs[i] for i, _, _ in chunk], chunk, outcomes)
+                try:
+                    self._infer(loaded, [jobs[i] for i, _, _ in chunk], chunk, outcomes)
+                except Exception as exc:  # a model failure answers its own requests, never the batch
+                    log.exception("inference failed for %s on %d image(s)", model_name, len(chunk))
+                    for i, _, _ in chunk:
+                        outcomes[i] = _error(500, "inference failed", f"{type(exc).__name__}: {exc}")
         return [o if o is not None else _error(500, "internal error", "no outcome") for o in outcomes]
 
     def _infer(self, loaded: LoadedModel, jobs: list[InferenceJob], chunk: list, outcomes: list) -> None:
@@ -302,7 +307,7 @@ class UltralyticsRunner:
                 verbose=False,
             )
         MODEL_BATCH.labels(model=loaded.entry.name).observe(len(images))
-        for (i, image, decode_ms), job, r in zip(chunk, jobs, results):
+        for (i, image, decode_ms), job, r in zip(chunk, jobs, results, strict=True):
             started = time.perf_counter()
             timings = Timings(
                 decode_ms=decode_ms,
@@ -315,3 +320,9 @@ class UltralyticsRunner:
             result.timings.postprocess_ms += (time.perf_counter() - started) * 1000
             jpeg = drawing.render(image.rgb, result) if job.annotate else None
             outcomes[i] = Outcome(result=result, annotated_jpeg=jpeg)
+
+
+# `bentoml build` packages the models the service references; reference those in the store now.
+UltralyticsRunner.models.extend(
+    bentoml.models.BentoModel(model.tag) for entry in CATALOG.family("ultralytics") if (model := stored(entry.name))
+)

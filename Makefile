@@ -1,0 +1,36 @@
+# The README's two commands: `make serve` and `make test`. Each sets up everything it needs.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PORT ?= 3000
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
+
+.PHONY: venv import serve test lint build clean
+
+$(STAMP): requirements.txt requirements-dev.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@test -x $(BIN)/uv || $(BIN)/python -m pip install --quiet --disable-pip-version-check uv
+	$(BIN)/uv pip install --python $(BIN)/python -r requirements.txt -r requirements-dev.txt
+	@rm -f $(VENV)/.installed-* && touch $@
+
+venv: $(STAMP)
+
+## Put the catalog's models into the BentoML model store (skips what cannot be obtained).
+import: venv
+	$(BIN)/python -m models import
+
+serve: import
+	$(BIN)/bentoml serve service:YoloToys --port $(PORT)
+
+lint: venv
+	$(BIN)/ruff check .
+
+test: venv lint
+	YOLO_OFFLINE=1 HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+build: import
+	$(BIN)/bentoml build
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
