@@ -8,6 +8,7 @@ reports malformed multipart bodies as internal errors.
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 from _bentoml_impl.serde import MultipartSerde
@@ -110,5 +111,19 @@ async def _parse_uploads_only(self: MultipartSerde, request: Any, cls: Any) -> A
     return await _parse_multipart(self, request, cls)
 
 
-def install_upload_guard() -> None:
+class ClientErrorLogFilter(logging.Filter):
+    """BentoML logs every rejected request body as an ERROR with a traceback; one line is enough."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, (ValidationError, _BodyTooLarge)):
+            reason = exc.title if isinstance(exc, ValidationError) else "request body over the size limit"
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.msg, record.args = "rejected %s: %s", (record.args[0] if record.args else "request", reason)
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def install_guards() -> None:
     MultipartSerde.parse_request = _parse_uploads_only  # type: ignore[method-assign]
+    logging.getLogger("bentoml._internal.server.http_app").addFilter(ClientErrorLogFilter())

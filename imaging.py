@@ -87,23 +87,33 @@ def check_upload(data: bytes) -> EncodedImage:
     return EncodedImage(data=data, format=fmt)
 
 
-def _read_upload(value: Any) -> bytes:
-    """Pydantic before-validator of the multipart `image` field: the uploaded file's bytes.
+@dataclass(frozen=True)
+class UploadedFile:
+    """The raw bytes of a multipart file field, not checked yet."""
+
+    data: bytes
+
+
+def _read_upload(value: Any) -> UploadedFile:
+    """Pydantic before-validator of the multipart `image` field.
 
     The checks with their own statuses (415, 413) run in the API method through `check_upload`;
     a validator can only answer 400.
     """
+    if isinstance(value, UploadedFile):
+        return value
     if isinstance(value, (bytes, bytearray)):
-        return bytes(value)
+        return UploadedFile(bytes(value))
     file = getattr(value, "file", None)
     if file is None:
         raise ValueError("`image` must be an uploaded file (multipart/form-data), not a text field")
     file.seek(0)
-    return file.read(LIMITS.max_upload_bytes + 1)
+    return UploadedFile(file.read(LIMITS.max_upload_bytes + 1))
 
 
 # Declared as a PIL image so that BentoML makes the request multipart and Swagger shows a file
-# picker; the validated value is the upload's `bytes` (BentoML passes unknown objects through).
+# picker. The validated value is an `UploadedFile`: BentoML's own PIL decoding, which runs after
+# this validator, passes objects it does not know through untouched (it would decode bytes).
 ImageUpload = Annotated[
     Image.Image,
     BeforeValidator(_read_upload),

@@ -7,7 +7,7 @@ every runner postprocesses into these types.
 from __future__ import annotations
 
 from enum import Enum
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -150,23 +150,27 @@ class DetectResult(ResultBase):
 
     model_config = ConfigDict(
         json_schema_extra={
-            "examples": [
-                {
-                    "task": "detect",
-                    "model": "yolo11n",
-                    "image": {"width": 810, "height": 1080},
-                    "detections": [
-                        {
-                            "box": {"x1": 22.9, "y1": 231.3, "x2": 805.0, "y2": 756.8},
-                            "score": 0.93,
-                            "class_id": 5,
-                            "label": "bus",
-                        }
-                    ],
-                    "timings": {"decode_ms": 9.1, "preprocess_ms": 2.0, "inference_ms": 45.2,
-                                "postprocess_ms": 0.8, "total_ms": 61.3, "batch_size": 1},
-                }
-            ]
+            "example": {
+                "task": "detect",
+                "model": "yolo11n",
+                "image": {"width": 810, "height": 1080},
+                "detections": [
+                    {
+                        "box": {"x1": 22.9, "y1": 231.3, "x2": 805.0, "y2": 756.8},
+                        "score": 0.93,
+                        "class_id": 5,
+                        "label": "bus",
+                    }
+                ],
+                "timings": {
+                    "decode_ms": 9.1,
+                    "preprocess_ms": 2.0,
+                    "inference_ms": 45.2,
+                    "postprocess_ms": 0.8,
+                    "total_ms": 61.3,
+                    "batch_size": 1,
+                },
+            }
         }
     )
 
@@ -187,16 +191,20 @@ class ClassifyResult(ResultBase):
 
     model_config = ConfigDict(
         json_schema_extra={
-            "examples": [
-                {
-                    "task": "classify",
-                    "model": "yolo11n-cls",
-                    "image": {"width": 810, "height": 1080},
-                    "top_k": [{"class_id": 654, "label": "minibus", "score": 0.65}],
-                    "timings": {"decode_ms": 9.0, "preprocess_ms": 6.0, "inference_ms": 7.0,
-                                "postprocess_ms": 0.1, "total_ms": 25.0, "batch_size": 1},
-                }
-            ]
+            "example": {
+                "task": "classify",
+                "model": "yolo11n-cls",
+                "image": {"width": 810, "height": 1080},
+                "top_k": [{"class_id": 654, "label": "minibus", "score": 0.65}],
+                "timings": {
+                    "decode_ms": 9.0,
+                    "preprocess_ms": 6.0,
+                    "inference_ms": 7.0,
+                    "postprocess_ms": 0.1,
+                    "total_ms": 25.0,
+                    "batch_size": 1,
+                },
+            }
         }
     )
 
@@ -207,7 +215,7 @@ class ObbResult(ResultBase):
 
 
 TaskResult = Annotated[
-    Union[DetectResult, SegmentResult, PoseResult, ClassifyResult, ObbResult],
+    DetectResult | SegmentResult | PoseResult | ClassifyResult | ObbResult,
     Field(discriminator="task"),
 ]
 
@@ -217,7 +225,8 @@ class ErrorBody(BaseModel):
 
     error: str = Field(description="What went wrong, in a few words.", examples=["unknown model"])
     detail: str | list | dict | None = Field(
-        None, description="Specifics: the offending value, the limit, the choices.",
+        None,
+        description="Specifics: the offending value, the limit, the choices.",
     )
 
 

@@ -17,8 +17,8 @@ from bentoml.validators import ContentType
 from fastapi import FastAPI
 from starlette.responses import JSONResponse, Response
 
-from guard import MULTIPART_OVERHEAD, BodyLimit, install_upload_guard
-from imaging import LIMITS, ImageError, ImageUpload, check_upload
+from guard import MULTIPART_OVERHEAD, BodyLimit, install_guards
+from imaging import LIMITS, ImageError, ImageUpload, UploadedFile, check_upload
 from models.catalog import load_catalog
 from runners.ultralytics import UltralyticsRunner
 from schemas import (
@@ -43,7 +43,7 @@ from schemas import (
 )
 
 log = logging.getLogger("yolo_toys")
-install_upload_guard()
+install_guards()
 
 extras = FastAPI(title="YOLO-Toys", docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -109,10 +109,10 @@ class YoloToys:
             options.top_k = len(info.labels)
         return info
 
-    async def run(self, task: Task, image: bytes, name: str | None, options: PredictOptions,
+    async def run(self, task: Task, image: UploadedFile, name: str | None, options: PredictOptions,
                   annotate: bool = False) -> Outcome:
         try:
-            upload = check_upload(image)
+            upload = check_upload(image.data)
         except ImageError as exc:
             raise ApiError(exc.status, exc.error, exc.detail) from None
         info = await self.resolve(task, name, options)
@@ -123,7 +123,7 @@ class YoloToys:
             raise ApiError(outcome.status, outcome.error.error, outcome.error.detail)
         return outcome
 
-    async def answer(self, task: Task, image: bytes, name: str | None, **options: Any) -> Any:
+    async def answer(self, task: Task, image: UploadedFile, name: str | None, **options: Any) -> Any:
         started = time.perf_counter()
         try:
             outcome = await self.run(task, image, name, PredictOptions(**options))

@@ -26,7 +26,7 @@ def _import(names: list[str], force: bool) -> int:
         for entry in bar:
             bar.set_postfix_str(entry.name)
             outcomes.append(import_model(entry, force=force, progress=bar.set_postfix_str))
-    width = max(len(o.name) for o in outcomes)
+    width = max((len(o.name) for o in outcomes), default=0)
     for o in outcomes:
         print(f"{o.name:<{width}}  {o.status:<10}  {o.tag or ''}  {o.detail}")
     return 0

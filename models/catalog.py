@@ -25,8 +25,8 @@ class Source(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    local: str | None = None
-    hub: str | None = None
+    local: str | None = Field(None, min_length=1)
+    hub: str | None = Field(None, min_length=1)
 
     @model_validator(mode="after")
     def _one_kind(self) -> Source:
@@ -35,7 +35,7 @@ class Source(BaseModel):
         return self
 
     def describe(self) -> str:
-        return f"local:{self.local}" if self.local else f"hub:{self.hub}"
+        return f"local:{self.local}" if self.local is not None else f"hub:{self.hub}"
 
 
 class RunnerSettings(BaseModel):
@@ -53,7 +53,7 @@ class RunnerSettings(BaseModel):
 class ModelEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(description="Catalog and model-store name.")
+    name: str = Field(max_length=63, description="Catalog and model-store name.")
     family: Family
     task: Task
     default: bool = False

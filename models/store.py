@@ -92,7 +92,7 @@ def _inspect(entry: ModelEntry, weights: Path) -> dict:
     if entry.family == "ultralytics":
         from ultralytics import YOLO
 
-        model = YOLO(str(weights), task=entry.task.value)
+        model = YOLO(str(weights))  # no task=: Ultralytics would echo it instead of reading the weights
         if model.task != entry.task.value:
             raise SourceUnavailable(f"weights are for task {model.task}, catalog says {entry.task.value}")
         return {"class_names": {int(k): str(v) for k, v in model.names.items()}}
@@ -113,7 +113,7 @@ def import_model(entry: ModelEntry, *, force: bool = False, progress: Callable[[
             try:
                 progress(f"{entry.name}: trying {source.describe()}")
                 fetched = (
-                    _fetch_local(entry, source) if source.local else _fetch_hub(entry, source, Path(tmp))
+                    _fetch_local(entry, source) if source.local is not None else _fetch_hub(entry, source, Path(tmp))
                 )
                 digests = sha256_tree(fetched.path)
                 digest = combined_digest(digests)

@@ -110,7 +110,7 @@ def load(entry: ModelEntry) -> LoadedModel:
         raise FileNotFoundError(f"not in the model store; run `python -m models import {entry.name}`")
     weights = Path(model.path) / model.info.metadata["entry"]
     fmt = weights_format(weights)
-    yolo = YOLO(str(weights), task=entry.task.value)
+    yolo = YOLO(str(weights))  # no task=: Ultralytics would echo it instead of reading the weights
     if yolo.task != entry.task.value:
         raise ValueError(f"the weights are for task {yolo.task}, the catalog says {entry.task.value}")
     device, half = pick_device(entry, fmt)

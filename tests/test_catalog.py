@@ -2,9 +2,6 @@
 
 BentoML fixes its home the first time it touches the store, so every store test runs the CLI in a
 subprocess with BENTOML_HOME pointing at an empty directory of its own.
-
-Tests marked `xfail(strict=True)` document bugs that are still open; once one is fixed its test
-passes, strict xfail turns that into a failure, and the marker must go.
 """
 
 from __future__ import annotations
@@ -17,9 +14,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, SHARED_WEIGHTS
 from pydantic import ValidationError
 
+from conftest import ROOT, SHARED_WEIGHTS
 from models import catalog as catalog_module
 from models.catalog import DEFAULT_CATALOG, Catalog, parse_catalog
 from schemas import Task
@@ -117,15 +114,11 @@ def test_two_defaults_for_different_tasks_are_fine(tmp_path: Path) -> None:
     assert [m.name for m in catalog.models if m.default] == ["a", "b"]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: catalog accepts names longer than BentoML's 63-character limit; "
-                   "`python -m models import` then crashes with BentoMLException 'Invalid Tag'")  # fmt: skip
 def test_parse_catalog_rejects_a_name_too_long_for_bentoml(tmp_path: Path) -> None:
     with pytest.raises(ValidationError):
         parse_catalog(write(tmp_path, {"models": [entry("a" * (BENTOML_NAME_MAX + 1))]}))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Source accepts `local: ''` (it is not None), describe() then says "
-                   "'hub:None' and the importer tries to download 'None'")  # fmt: skip
 def test_parse_catalog_rejects_an_empty_source(tmp_path: Path) -> None:
     with pytest.raises(ValidationError):
         parse_catalog(write(tmp_path, {"models": [entry(sources=[{"local": ""}])]}))
@@ -395,8 +388,6 @@ def test_pytorch_weights_for_another_task_are_skipped(wrong_task_import: subproc
     assert "detect" in reason and "pose" in reason
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: models.store._inspect passes task= to YOLO(), which for exported formats "
-                   "sets model.task from that argument, so the task check never fires")  # fmt: skip
 def test_exported_weights_for_another_task_are_skipped(wrong_task_import: subprocess.CompletedProcess) -> None:
     assert wrong_task_import.returncode == 0, wrong_task_import.stdout + wrong_task_import.stderr
     _, status, reason = row(wrong_task_import, "ov-as-pose").split(None, 2)
@@ -404,8 +395,6 @@ def test_exported_weights_for_another_task_are_skipped(wrong_task_import: subpro
     assert "detect" in reason and "pose" in reason
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: `python -m models import` with an empty catalog crashes: "
-                   "max() of an empty sequence when printing the summary")  # fmt: skip
 def test_import_with_an_empty_catalog(test_env: dict[str, str], tmp_path: Path) -> None:
     env = {**test_env, "BENTOML_HOME": str(tmp_path / "home"), "YOLO_TOYS_CATALOG": str(write(tmp_path, {"models": []}))}
     proc = run_models(env, "import")

@@ -13,6 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
+
+import imaging
 from imagefiles import (
     BROKEN,
     EXPECTED_SIZE,
@@ -30,9 +33,6 @@ from imagefiles import (
     int32,
     rgb16,
 )
-from PIL import Image
-
-import imaging
 from imaging import DecodedImage, EncodedImage, ImageError, check_upload, decode
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -327,10 +327,10 @@ def test_upload_field_validator_reads_at_most_one_byte_over_the_limit(
     monkeypatch.setattr(imaging, "LIMITS", dataclasses.replace(imaging.LIMITS, max_upload_bytes=1000))
     small = VALID["jpeg_1x1"]()
     upload = types.SimpleNamespace(file=io.BytesIO(small), filename="tiny.jpg")
-    assert imaging._read_upload(upload) == small
+    assert imaging._read_upload(upload) == imaging.UploadedFile(small)
 
     big = io.BytesIO(VALID["jpeg"]())
-    assert len(imaging._read_upload(types.SimpleNamespace(file=big, filename="big.jpg"))) == 1001
+    assert len(imaging._read_upload(types.SimpleNamespace(file=big, filename="big.jpg")).data) == 1001
     assert big.tell() == 1001
     with pytest.raises(ValueError, match="uploaded file"):
         imaging._read_upload("just a string")
