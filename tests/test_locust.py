@@ -1,0 +1,30 @@
+"""The locust load test runs against a real server and sees no failure."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, Server
+
+pytestmark = pytest.mark.serve
+
+
+def test_locust_rest_load_has_no_failures(server: Server, test_env: dict[str, str], tmp_path: Path) -> None:
+    locust = Path(sys.executable).parent / "locust"
+    proc = subprocess.run(
+        [str(locust), "-f", "locustfiles/rest.py", "--host", server.url, "--headless", "-u", "6", "-r", "6",
+         "-t", "12s", "--csv", str(tmp_path / "run"), "--only-summary"],
+        cwd=ROOT, env=test_env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    with open(tmp_path / "run_stats.csv", newline="") as f:
+        rows = {row["Name"]: row for row in csv.DictReader(f)}
+    total = rows["Aggregated"]
+    assert int(total["Request Count"]) >= 10, proc.stderr[-2000:]
+    assert int(total["Failure Count"]) == 0, (tmp_path / "run_failures.csv").read_text()
+    assert {"/detect", "/segment", "/pose", "/classify"} <= set(rows), sorted(rows)
+    assert server.healthy()
