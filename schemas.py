@@ -138,6 +138,16 @@ class Timings(BaseModel):
     batch_size: int = Field(1, description="How many images shared this image's inference batch.")
 
 
+_EXAMPLE_TIMINGS = {
+    "decode_ms": 9.1,
+    "preprocess_ms": 2.0,
+    "inference_ms": 45.2,
+    "postprocess_ms": 0.8,
+    "total_ms": 61.3,
+    "batch_size": 1,
+}
+
+
 class ResultBase(BaseModel):
     model: str
     image: ImageSize
@@ -162,14 +172,7 @@ class DetectResult(ResultBase):
                         "label": "bus",
                     }
                 ],
-                "timings": {
-                    "decode_ms": 9.1,
-                    "preprocess_ms": 2.0,
-                    "inference_ms": 45.2,
-                    "postprocess_ms": 0.8,
-                    "total_ms": 61.3,
-                    "batch_size": 1,
-                },
+                "timings": _EXAMPLE_TIMINGS,
             }
         }
     )
@@ -179,10 +182,53 @@ class SegmentResult(ResultBase):
     task: Literal["segment"] = "segment"
     instances: list[SegmentInstance]
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "task": "segment",
+                "model": "yolo11n-seg",
+                "image": {"width": 810, "height": 1080},
+                "instances": [
+                    {
+                        "box": {"x1": 18.5, "y1": 230.4, "x2": 802.1, "y2": 746.5},
+                        "score": 0.86,
+                        "class_id": 5,
+                        "label": "bus",
+                        "polygons": [[[20.0, 232.0], [800.0, 232.0], [800.0, 745.0], [20.0, 745.0]]],
+                    }
+                ],
+                "timings": _EXAMPLE_TIMINGS,
+            }
+        }
+    )
+
 
 class PoseResult(ResultBase):
     task: Literal["pose"] = "pose"
     instances: list[PoseInstance]
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "task": "pose",
+                "model": "yolov8n-pose",
+                "image": {"width": 810, "height": 1080},
+                "instances": [
+                    {
+                        "box": {"x1": 49.9, "y1": 397.5, "x2": 242.7, "y2": 903.7},
+                        "score": 0.89,
+                        "class_id": 0,
+                        "label": "person",
+                        "keypoints": [
+                            {"name": "nose", "x": 141.2, "y": 437.8, "score": 0.97},
+                            {"name": "left_eye", "x": 150.3, "y": 428.1, "score": 0.93},
+                        ],
+                    }
+                ],
+                "timings": _EXAMPLE_TIMINGS,
+            }
+        }
+    )
 
 
 class ClassifyResult(ResultBase):
@@ -212,6 +258,32 @@ class ClassifyResult(ResultBase):
 class ObbResult(ResultBase):
     task: Literal["obb"] = "obb"
     detections: list[OrientedDetection]
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "task": "obb",
+                "model": "yolo11n-obb",
+                "image": {"width": 1024, "height": 768},
+                "detections": [
+                    {
+                        "rbox": {
+                            "cx": 300.0,
+                            "cy": 200.0,
+                            "width": 80.0,
+                            "height": 40.0,
+                            "angle": 30.0,
+                            "corners": [[275.4, 162.7], [344.6, 202.7], [324.6, 237.3], [255.4, 197.3]],
+                        },
+                        "score": 0.91,
+                        "class_id": 9,
+                        "label": "large vehicle",
+                    }
+                ],
+                "timings": _EXAMPLE_TIMINGS,
+            }
+        }
+    )
 
 
 TaskResult = Annotated[

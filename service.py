@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import bentoml
+from bentoml.exceptions import ServiceUnavailable
 from bentoml.validators import ContentType
 from fastapi import FastAPI
 from starlette.responses import JSONResponse, Response
 
 from guard import MULTIPART_OVERHEAD, BodyLimit, install_guards
 from imaging import LIMITS, ImageError, ImageUpload, UploadedFile, check_upload
-from models.catalog import load_catalog
 from runners.ultralytics import UltralyticsRunner
 from schemas import (
     Classes,
@@ -67,7 +67,6 @@ class YoloToys:
     ultralytics = bentoml.depends(UltralyticsRunner)
 
     def __init__(self) -> None:
-        self.catalog = load_catalog()
         self.runners = {"ultralytics": self.ultralytics}
         self._status: dict[str, ModelInfo] | None = None
 
@@ -105,8 +104,6 @@ class YoloToys:
             unknown = sorted(c for c in options.classes if c not in info.labels)
             if unknown:
                 raise ApiError(422, "unknown class ids", f"{unknown}; {info.name!r} has ids 0..{max(info.labels)}")
-        if task == Task.classify and info.labels and options.top_k > len(info.labels):
-            options.top_k = len(info.labels)
         return info
 
     async def run(self, task: Task, image: UploadedFile, name: str | None, options: PredictOptions,
@@ -117,7 +114,10 @@ class YoloToys:
             raise ApiError(exc.status, exc.error, exc.detail) from None
         info = await self.resolve(task, name, options)
         job = InferenceJob(model=info.name, task=task, image=upload.data, options=options, annotate=annotate)
-        [outcome] = await self.runners[info.family].to_async.predict([job])
+        try:
+            [outcome] = await self.runners[info.family].to_async.predict([job])
+        except ServiceUnavailable as exc:  # adaptive batching sheds requests it cannot serve in time
+            raise ApiError(503, "overloaded", f"{info.family} runner: {exc}; retry later") from None
         outcome = Outcome.model_validate(outcome)
         if outcome.error is not None:
             raise ApiError(outcome.status, outcome.error.error, outcome.error.detail)

@@ -284,15 +284,19 @@ class UltralyticsRunner:
             for start in range(0, len(members), cap):
                 chunk = members[start : start + cap]
                 try:
-                    self._infer(loaded, [jobs[i] for i, _, _ in chunk], chunk, outcomes)
+                    self._infer(loaded, jobs, chunk, outcomes)
                 except Exception as exc:  # a model failure answers its own requests, never the batch
                     log.exception("inference failed for %s on %d image(s)", model_name, len(chunk))
                     for i, _, _ in chunk:
                         outcomes[i] = _error(500, "inference failed", f"{type(exc).__name__}: {exc}")
         return [o if o is not None else _error(500, "internal error", "no outcome") for o in outcomes]
 
-    def _infer(self, loaded: LoadedModel, jobs: list[InferenceJob], chunk: list, outcomes: list) -> None:
-        opts = jobs[0].options
+    def _infer(
+        self, loaded: LoadedModel, jobs: list[InferenceJob], chunk: list[tuple[int, DecodedImage, float]],
+        outcomes: list[Outcome | None],
+    ) -> None:
+        """One inference call for images that share a model and options; fills their outcomes."""
+        opts = jobs[chunk[0][0]].options
         images = [image.bgr() for _, image, _ in chunk]
         with loaded.lock:
             results = loaded.yolo.predict(
@@ -307,7 +311,8 @@ class UltralyticsRunner:
                 verbose=False,
             )
         MODEL_BATCH.labels(model=loaded.entry.name).observe(len(images))
-        for (i, image, decode_ms), job, r in zip(chunk, jobs, results, strict=True):
+        for (i, image, decode_ms), r in zip(chunk, results, strict=True):
+            job = jobs[i]
             started = time.perf_counter()
             timings = Timings(
                 decode_ms=decode_ms,
