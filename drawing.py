@@ -7,8 +7,10 @@ far outside the image, or non-finite ones, and PIL's integer drawing would overf
 
 from __future__ import annotations
 
+import base64
 import io
 import math
+import textwrap
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
 
@@ -16,13 +18,17 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from schemas import (
+    CaptionResult,
     ClassifyResult,
+    DepthResult,
     DetectResult,
     Keypoint,
     ObbResult,
     PoseResult,
     SegmentResult,
     TaskResult,
+    VqaResult,
+    ZeroShotClassifyResult,
 )
 
 Color = tuple[int, int, int]
@@ -81,12 +87,25 @@ def render(rgb: np.ndarray, result: TaskResult, *, quality: int = 90) -> bytes:
     """
     if not 1 <= quality <= 100:
         raise ValueError(f"JPEG quality must be in 1..100, got {quality}")
-    img = _to_image(rgb)
-    _Painter(img, result).paint()
+    if isinstance(result, DepthResult):
+        img = depth_colormap(result)
+    else:
+        img = _to_image(rgb)
+        _Painter(img, result).paint()
     buf = io.BytesIO()
     # No chroma subsampling: with 4:2:0 the thin coloured lines and tag text smear into the background.
     img.save(buf, format="JPEG", quality=quality, subsampling=0)
     return buf.getvalue()
+
+
+def depth_colormap(result: DepthResult) -> Image.Image:
+    """The served 16-bit depth map in the inferno colour map: near is bright, far is dark."""
+    import cv2
+
+    with Image.open(io.BytesIO(base64.b64decode(result.depth_png))) as png:
+        levels = np.asarray(png, dtype=np.uint16)
+    scaled = (levels.astype(np.float32) / 257.0).round().astype(np.uint8)
+    return Image.fromarray(cv2.applyColorMap(scaled, cv2.COLORMAP_INFERNO)[..., ::-1].copy())
 
 
 def color_for(class_id: int) -> Color:
@@ -197,8 +216,12 @@ class _Painter:
         elif isinstance(r, ObbResult):
             for d in r.detections:
                 self._oriented(d.rbox.corners, d.label, d.score, d.class_id)
-        elif isinstance(r, ClassifyResult):
+        elif isinstance(r, (ClassifyResult, ZeroShotClassifyResult)):
             self._panel([f"{c.label} {c.score:.2f}" for c in r.top_k])
+        elif isinstance(r, CaptionResult):
+            self._panel(self._wrap(r.text or "(empty caption)"))
+        elif isinstance(r, VqaResult):
+            self._panel(self._wrap(f"Q: {r.question}") + self._wrap(f"A: {r.answer}"))
         else:
             raise TypeError(f"cannot render a {type(r).__name__}")
         self._draw_labels()
@@ -293,6 +316,11 @@ class _Painter:
             draw.rectangle((tx, ty, tx + tw - 1, ty + th - 1), fill=color)
             xy = (tx + self.pad - left, ty + self.pad - top)
             draw.text(xy, text, fill=_text_color(color), font=self.font)
+
+    def _wrap(self, text: str) -> list[str]:
+        """Lines that fit the image's width in the current font (an average glyph is ~0.6 em)."""
+        per_line = max(8, int(self.w / (0.6 * self.font.size if hasattr(self.font, "size") else 8)))
+        return textwrap.wrap(text, per_line) or [""]
 
     def _panel(self, lines: list[str]) -> None:
         """Top-k list on a translucent dark panel, readable on any background."""

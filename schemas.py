@@ -18,6 +18,10 @@ class Task(str, Enum):
     pose = "pose"
     classify = "classify"
     obb = "obb"
+    zero_shot_classify = "zero_shot_classify"
+    caption = "caption"
+    vqa = "vqa"
+    depth = "depth"
 
 
 # ---- request options ---------------------------------------------------------------------------
@@ -48,6 +52,31 @@ Classes = Annotated[
     Field(max_length=1000, description="Keep only these class ids (JSON list, e.g. `[0, 5]`)."),
 ]
 TopK = Annotated[int, Field(ge=1, le=100, description="Number of labels returned by classification.")]
+Phrase = Annotated[str, Field(min_length=1, max_length=200, pattern=r"\S")]
+Labels = Annotated[
+    list[Phrase],
+    Field(
+        min_length=1,
+        max_length=64,
+        description="Candidate labels (JSON list of 1 to 64 non-blank strings of at most 200 characters).",
+        examples=[["a bus", "a cat", "a person"]],
+    ),
+]
+Prompts = Annotated[
+    list[Phrase] | None,
+    Field(
+        min_length=1,
+        max_length=64,
+        description="Open-vocabulary detection only: what to look for (JSON list of 1 to 64 phrases).",
+        examples=[["a bus", "a person"]],
+    ),
+]
+Prefix = Annotated[
+    str | None,
+    Field(max_length=500, description="Text the caption must start with (conditional captioning)."),
+]
+Question = Annotated[str, Field(min_length=1, max_length=500, pattern=r"\S", examples=["What color is the bus?"])]
+MaxNewTokens = Annotated[int, Field(ge=1, le=128, description="Upper bound on the generated tokens.")]
 
 
 class PredictOptions(BaseModel):
@@ -59,6 +88,9 @@ class PredictOptions(BaseModel):
     max_det: int = 300
     classes: tuple[int, ...] | None = None
     top_k: int = 5
+    prompts: tuple[str, ...] | None = None
+    text: str | None = None
+    max_new_tokens: int = 30
 
 
 # ---- results -----------------------------------------------------------------------------------
@@ -286,8 +318,43 @@ class ObbResult(ResultBase):
     )
 
 
+class ZeroShotClassifyResult(ResultBase):
+    task: Literal["zero_shot_classify"] = "zero_shot_classify"
+    top_k: list[Classification] = Field(description="The caller's labels, best first; class_id is the label's index.")
+
+
+class CaptionResult(ResultBase):
+    task: Literal["caption"] = "caption"
+    text: str
+    prefix: str | None = None
+
+
+class VqaResult(ResultBase):
+    task: Literal["vqa"] = "vqa"
+    question: str
+    answer: str
+
+
+class DepthResult(ResultBase):
+    """Relative depth as the model predicts it: depth = min + png_value * scale."""
+
+    task: Literal["depth"] = "depth"
+    depth_png: str = Field(description="Base64 of a 16-bit grayscale PNG of the image's size.", repr=False)
+    min: float
+    max: float
+    scale: float = Field(description="Depth units per PNG level: (max - min) / 65535.")
+
+
 TaskResult = Annotated[
-    DetectResult | SegmentResult | PoseResult | ClassifyResult | ObbResult,
+    DetectResult
+    | SegmentResult
+    | PoseResult
+    | ClassifyResult
+    | ObbResult
+    | ZeroShotClassifyResult
+    | CaptionResult
+    | VqaResult
+    | DepthResult,
     Field(discriminator="task"),
 ]
 
@@ -323,6 +390,7 @@ class ModelInfo(BaseModel):
     half: bool = False
     imgsz: int | None = Field(None, description="Input size the model was exported or trained for.")
     fixed_imgsz: bool = False
+    open_vocabulary: bool = Field(False, description="Detects what the request's `prompts` name.")
     labels: dict[int, str] = Field(default_factory=dict)
     batching: BatchingInfo
 

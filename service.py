@@ -20,16 +20,21 @@ from starlette.responses import JSONResponse, Response
 
 from guard import MULTIPART_OVERHEAD, BodyLimit, install_guards
 from imaging import LIMITS, ImageError, ImageUpload, UploadedFile, check_upload
+from runners.transformers import TransformersRunner
 from runners.ultralytics import UltralyticsRunner
 from schemas import (
+    CaptionResult,
     Classes,
     ClassifyResult,
     Conf,
+    DepthResult,
     DetectResult,
     ImgSz,
     InferenceJob,
     Iou,
+    Labels,
     MaxDet,
+    MaxNewTokens,
     ModelInfo,
     ModelName,
     ModelsResponse,
@@ -37,9 +42,14 @@ from schemas import (
     Outcome,
     PoseResult,
     PredictOptions,
+    Prefix,
+    Prompts,
+    Question,
     SegmentResult,
     Task,
     TopK,
+    VqaResult,
+    ZeroShotClassifyResult,
 )
 
 log = logging.getLogger("yolo_toys")
@@ -65,9 +75,10 @@ class ApiError(Exception):
 )
 class YoloToys:
     ultralytics = bentoml.depends(UltralyticsRunner)
+    transformers = bentoml.depends(TransformersRunner)
 
     def __init__(self) -> None:
-        self.runners = {"ultralytics": self.ultralytics}
+        self.runners = {"ultralytics": self.ultralytics, "transformers": self.transformers}
         self._status: dict[str, ModelInfo] | None = None
 
     async def model_status(self) -> dict[str, ModelInfo]:
@@ -100,6 +111,14 @@ class YoloToys:
                 raise ApiError(422, "wrong task for model", f"{name!r} serves {info.task.value}, not {task.value}")
         if options.imgsz is not None and info.fixed_imgsz and options.imgsz != info.imgsz:
             raise ApiError(422, "imgsz not supported", f"{info.name!r} has a fixed input size of {info.imgsz}")
+        if task == Task.detect and info.open_vocabulary and not options.prompts:
+            raise ApiError(422, "prompts required", f"{info.name!r} detects what `prompts` names; give a JSON list")
+        if task == Task.detect and options.prompts and not info.open_vocabulary:
+            raise ApiError(422, "prompts not supported", f"{info.name!r} has a fixed label set; see GET /models")
+        if task == Task.zero_shot_classify and not options.prompts:
+            raise ApiError(422, "labels required", "zero-shot classification scores the labels the caller gives")
+        if task == Task.vqa and not options.text:
+            raise ApiError(422, "question required", "`question` must be a non-blank string")
         if options.classes and info.labels:
             unknown = sorted(c for c in options.classes if c not in info.labels)
             if unknown:
@@ -135,10 +154,11 @@ class YoloToys:
 
     @bentoml.api(route="/detect")
     async def detect(self, image: ImageUpload, model: ModelName = None, conf: Conf = 0.25, iou: Iou = 0.7,
-                     imgsz: ImgSz = None, max_det: MaxDet = 300, classes: Classes = None) -> DetectResult:
-        """Boxes with score, class id and label."""
+                     imgsz: ImgSz = None, max_det: MaxDet = 300, classes: Classes = None,
+                     prompts: Prompts = None) -> DetectResult:
+        """Boxes with score, class id and label. Open-vocabulary models (OWL-ViT) find the `prompts`."""
         return await self.answer(Task.detect, image, model, conf=conf, iou=iou, imgsz=imgsz, max_det=max_det,
-                                 classes=classes)
+                                 classes=classes, prompts=prompts)
 
     @bentoml.api(route="/segment")
     async def segment(self, image: ImageUpload, model: ModelName = None, conf: Conf = 0.25, iou: Iou = 0.7,
@@ -166,12 +186,41 @@ class YoloToys:
         return await self.answer(Task.obb, image, model, conf=conf, iou=iou, imgsz=imgsz, max_det=max_det,
                                  classes=classes)
 
+    @bentoml.api(route="/zero_shot_classify")
+    async def zero_shot_classify(self, image: ImageUpload, labels: Labels, model: ModelName = None,
+                                 top_k: TopK = 5) -> ZeroShotClassifyResult:
+        """Scores of the caller's labels for the whole image (CLIP, SigLIP), best first."""
+        return await self.answer(Task.zero_shot_classify, image, model, prompts=labels, top_k=top_k)
+
+    @bentoml.api(route="/caption")
+    async def caption(self, image: ImageUpload, model: ModelName = None, prefix: Prefix = None,
+                      max_new_tokens: MaxNewTokens = 30) -> CaptionResult:
+        """A sentence describing the image, optionally continuing `prefix`."""
+        return await self.answer(Task.caption, image, model, text=prefix or None, max_new_tokens=max_new_tokens)
+
+    @bentoml.api(route="/vqa")
+    async def vqa(self, image: ImageUpload, question: Question, model: ModelName = None,
+                  max_new_tokens: MaxNewTokens = 30) -> VqaResult:
+        """The answer to a question about the image."""
+        return await self.answer(Task.vqa, image, model, text=question, max_new_tokens=max_new_tokens)
+
+    @bentoml.api(route="/depth")
+    async def depth(self, image: ImageUpload, model: ModelName = None) -> DepthResult:
+        """Relative depth map as a base64 16-bit PNG: depth = min + value * scale."""
+        return await self.answer(Task.depth, image, model)
+
     @bentoml.api(route="/annotate")
     async def annotate(self, image: ImageUpload, task: Task = Task.detect, model: ModelName = None,
                        conf: Conf = 0.25, iou: Iou = 0.7, imgsz: ImgSz = None, max_det: MaxDet = 300,
-                       classes: Classes = None, top_k: TopK = 5) -> Annotated[Path, ContentType("image/jpeg")]:
-        """The image as a JPEG with the task's boxes, masks, keypoints or labels drawn on it."""
-        options = PredictOptions(conf=conf, iou=iou, imgsz=imgsz, max_det=max_det, classes=classes, top_k=top_k)
+                       classes: Classes = None, top_k: TopK = 5, prompts: Prompts = None, text: Prefix = None,
+                       max_new_tokens: MaxNewTokens = 30) -> Annotated[Path, ContentType("image/jpeg")]:
+        """The image as a JPEG with the task's results drawn on it (a colour map for depth).
+
+        `prompts` are the open-vocabulary prompts or the zero-shot labels; `text` the caption
+        prefix or the VQA question.
+        """
+        options = PredictOptions(conf=conf, iou=iou, imgsz=imgsz, max_det=max_det, classes=classes, top_k=top_k,
+                                 prompts=prompts, text=text or None, max_new_tokens=max_new_tokens)  # fmt: skip
         try:
             outcome = await self.run(task, image, model, options, annotate=True)
         except ApiError as exc:

@@ -17,6 +17,38 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CATALOG = Path(__file__).resolve().parent / "catalog.yaml"
 
 Family = Literal["ultralytics", "transformers"]
+HFTask = Literal[
+    "object-detection",
+    "zero-shot-object-detection",
+    "image-classification",
+    "zero-shot-image-classification",
+    "image-captioning",
+    "visual-question-answering",
+    "depth-estimation",
+    "semantic-segmentation",
+]
+HF_TASK_SERVES: dict[str, Task] = {
+    "object-detection": Task.detect,
+    "zero-shot-object-detection": Task.detect,
+    "image-classification": Task.classify,
+    "zero-shot-image-classification": Task.zero_shot_classify,
+    "image-captioning": Task.caption,
+    "visual-question-answering": Task.vqa,
+    "depth-estimation": Task.depth,
+    "semantic-segmentation": Task.segment,
+}
+# The transformers Auto* class that loads each hf_task (transformers 5.x names).
+HF_AUTO_CLASS: dict[str, str] = {
+    "object-detection": "AutoModelForObjectDetection",
+    "zero-shot-object-detection": "AutoModelForZeroShotObjectDetection",
+    "image-classification": "AutoModelForImageClassification",
+    "zero-shot-image-classification": "AutoModelForZeroShotImageClassification",
+    "image-captioning": "AutoModelForImageTextToText",
+    "visual-question-answering": "AutoModelForVisualQuestionAnswering",
+    "depth-estimation": "AutoModelForDepthEstimation",
+    "semantic-segmentation": "AutoModelForSemanticSegmentation",
+}
+LABELLED_HF_TASKS = {"object-detection", "image-classification", "semantic-segmentation"}
 _STORE_NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$")
 
 
@@ -60,8 +92,17 @@ class ModelEntry(BaseModel):
     description: str = ""
     sources: list[Source] = Field(min_length=1)
     max_batch_size: int | None = Field(None, ge=1, description="Cap below the runner's batch size.")
+    hf_task: HFTask | None = Field(None, description="transformers family: which Auto* class loads the model.")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     half: Literal["auto", "on", "off"] = Field("auto", description="FP16 on GPU when auto.")
+
+    @model_validator(mode="after")
+    def _family_fields(self) -> ModelEntry:
+        if (self.family == "transformers") != (self.hf_task is not None):
+            raise ValueError("`hf_task` is required for the transformers family and only there")
+        if self.hf_task is not None and HF_TASK_SERVES[self.hf_task] != self.task:
+            raise ValueError(f"hf_task {self.hf_task} serves task {HF_TASK_SERVES[self.hf_task].value}")
+        return self
 
     @field_validator("name")
     @classmethod

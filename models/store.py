@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import bentoml
 from bentoml.exceptions import NotFound
 
-from models.catalog import ModelEntry, Source, weights_dir
+from models.catalog import HF_AUTO_CLASS, LABELLED_HF_TASKS, ModelEntry, Source, weights_dir
 
 log = logging.getLogger("yolo_toys.models")
 
@@ -84,7 +88,41 @@ def _fetch_hub(entry: ModelEntry, source: Source, workdir: Path) -> Fetched:
         if not local.is_file():
             raise SourceUnavailable(f"download of {source.hub} produced no file")
         return Fetched(path=local, entry=local.name, source=source)
+    if entry.family == "transformers":
+        if not hub_reachable("huggingface.co"):
+            raise SourceUnavailable("the Hugging Face hub is not reachable (offline)")
+        folder = workdir / entry.name
+        try:
+            model, processor = load_transformers(entry, str(source.hub))
+            model.save_pretrained(folder)
+            processor.save_pretrained(folder)
+        except Exception as exc:  # offline, unknown repo, gated, ...
+            raise SourceUnavailable(f"hub download of {source.hub} failed: {exc}".splitlines()[0]) from None
+        return Fetched(path=folder, entry=folder.name, source=source)
     raise SourceUnavailable(f"no hub loader for family {entry.family}")
+
+
+@lru_cache(maxsize=8)
+def hub_reachable(host: str) -> bool:
+    """One quick probe: offline, huggingface_hub retries each file for minutes before it gives up."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True  # the proxy decides; a direct probe would say nothing
+    try:
+        socket.create_connection((host, 443), timeout=5).close()
+        return True
+    except OSError:
+        return False
+
+
+def load_transformers(entry: ModelEntry, where: str, **kwargs: Any) -> tuple[Any, Any]:
+    """Model and processor of a hf_task, from a hub repo id or a save_pretrained folder."""
+    import transformers
+
+    auto_class = getattr(transformers, HF_AUTO_CLASS[str(entry.hf_task)])
+    processor = transformers.AutoProcessor.from_pretrained(where)
+    return auto_class.from_pretrained(where, **kwargs), processor
 
 
 def _inspect(entry: ModelEntry, weights: Path) -> dict:
@@ -96,6 +134,15 @@ def _inspect(entry: ModelEntry, weights: Path) -> dict:
         if model.task != entry.task.value:
             raise SourceUnavailable(f"weights are for task {model.task}, catalog says {entry.task.value}")
         return {"class_names": {int(k): str(v) for k, v in model.names.items()}}
+    if entry.family == "transformers":
+        try:
+            model, _ = load_transformers(entry, str(weights))
+        except Exception as exc:
+            raise SourceUnavailable(f"not loadable as {entry.hf_task}: {exc}".splitlines()[0]) from None
+        if entry.hf_task not in LABELLED_HF_TASKS:
+            return {"architecture": type(model).__name__}
+        labels = {int(k): str(v) for k, v in (model.config.id2label or {}).items()}
+        return {"architecture": type(model).__name__, "class_names": labels}
     return {}
 
 

@@ -12,7 +12,6 @@ import math
 import os
 import threading
 import time
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,16 +21,15 @@ import numpy as np
 from prometheus_client import Histogram
 
 import drawing
-from imaging import DecodedImage, ImageError, decode
 from models.catalog import ModelEntry, load_catalog
 from models.store import stored
+from runners.batch import Member, run_batch
 from schemas import (
     Box,
     Classification,
     ClassifyResult,
     Detection,
     DetectResult,
-    ErrorBody,
     ImageSize,
     InferenceJob,
     Keypoint,
@@ -201,10 +199,6 @@ def to_result(r: Any, loaded: LoadedModel, job: InferenceJob, timings: Timings) 
     raise ValueError(f"unsupported task {task}")
 
 
-def _error(status: int, error: str, detail: str) -> Outcome:
-    return Outcome(status=status, error=ErrorBody(error=error, detail=detail))
-
-
 # ---- the service -------------------------------------------------------------------------------
 
 
@@ -258,42 +252,14 @@ class UltralyticsRunner:
         max_latency_ms=SETTINGS.max_latency_ms,
     )
     def predict(self, jobs: list[InferenceJob]) -> list[Outcome]:
-        outcomes: list[Outcome | None] = [None] * len(jobs)
-        groups: dict[tuple, list[tuple[int, DecodedImage, float]]] = defaultdict(list)
-        for i, job in enumerate(jobs):
-            loaded = self.models.get(job.model)
-            if loaded is None:
-                outcomes[i] = _error(404, "model not loaded", self.missing.get(job.model, f"unknown model {job.model!r}"))
-                continue
-            if loaded.entry.task != job.task:
-                outcomes[i] = _error(422, "wrong task for model", f"{job.model} serves {loaded.entry.task.value}")
-                continue
-            started = time.perf_counter()
-            try:
-                image = decode(job.image)
-            except ImageError as exc:
-                outcomes[i] = _error(exc.status, exc.error, exc.detail)
-                continue
-            decode_ms = (time.perf_counter() - started) * 1000
-            shape = image.rgb.shape if loaded.rect_letterbox else None
-            groups[(job.model, job.options.model_dump_json(exclude={"top_k"}), shape)].append((i, image, decode_ms))
-
-        for (model_name, _, _), members in groups.items():
-            loaded = self.models[model_name]
-            cap = CATALOG.batching(loaded.entry).max_batch_size
-            for start in range(0, len(members), cap):
-                chunk = members[start : start + cap]
-                try:
-                    self._infer(loaded, jobs, chunk, outcomes)
-                except Exception as exc:  # a model failure answers its own requests, never the batch
-                    log.exception("inference failed for %s on %d image(s)", model_name, len(chunk))
-                    for i, _, _ in chunk:
-                        outcomes[i] = _error(500, "inference failed", f"{type(exc).__name__}: {exc}")
-        return [o if o is not None else _error(500, "internal error", "no outcome") for o in outcomes]
+        return run_batch(
+            jobs, self.models, self.missing, cap=lambda entry: CATALOG.batching(entry).max_batch_size,
+            infer=self._infer,
+            shape_key=lambda loaded, image: image.rgb.shape if loaded.rect_letterbox else None,
+        )  # fmt: skip
 
     def _infer(
-        self, loaded: LoadedModel, jobs: list[InferenceJob], chunk: list[tuple[int, DecodedImage, float]],
-        outcomes: list[Outcome | None],
+        self, loaded: LoadedModel, jobs: list[InferenceJob], chunk: list[Member], outcomes: list[Outcome | None],
     ) -> None:
         """One inference call for images that share a model and options; fills their outcomes."""
         opts = jobs[chunk[0][0]].options

@@ -71,7 +71,17 @@ def random_weights(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
-def test_env(tmp_path_factory: pytest.TempPathFactory, random_weights: dict[str, Path]) -> dict[str, str]:
+def hf_weights(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny random-weight transformers models in hub format (tests/hf_models.py)."""
+    from hf_models import build_all
+
+    return build_all(tmp_path_factory.mktemp("hf_weights"))
+
+
+@pytest.fixture(scope="session")
+def test_env(
+    tmp_path_factory: pytest.TempPathFactory, random_weights: dict[str, Path], hf_weights: dict[str, Path]
+) -> dict[str, str]:
     """Environment of every subprocess: isolated BentoML home, a catalog with the random models."""
     if SHARED_WEIGHTS is None:
         pytest.fail("no pretrained weights: put ../shared/weights beside the project or set YOLO_TOYS_WEIGHTS")
@@ -83,6 +93,13 @@ def test_env(tmp_path_factory: pytest.TempPathFactory, random_weights: dict[str,
         catalog["models"].append({
             "name": name, "family": "ultralytics", "task": task,
             "description": "random weights, built by the tests", "sources": [{"local": str(weights[name])}],
+        })  # fmt: skip
+    from hf_models import SPECS
+
+    for name, spec in SPECS.items():
+        catalog["models"].append({
+            "name": name, "family": "transformers", "task": spec.task, "hf_task": spec.hf_task,
+            "description": "tiny random weights, built by the tests", "sources": [{"local": str(hf_weights[name])}],
         })  # fmt: skip
     catalog_file = random_dir / "catalog.yaml"
     catalog_file.write_text(yaml.safe_dump(catalog, sort_keys=False))

@@ -26,8 +26,9 @@ def test_bentoml_build_records_models(test_env: dict[str, str], imported) -> Non
     bento = json.loads(info.stdout)
     recorded = {m["tag"].split(":")[0] for service in bento["services"] for m in service["models"]}
     assert {"yolo11n", "yolov8n", "yolo11n-seg", "yolov8n-pose", "yolo11n-cls", "rand-yolov8n"} <= recorded
-    assert "yolo11n-obb" not in recorded  # not obtainable offline: skipped, not faked
-    assert {s["name"] for s in bento["services"]} == {"yolo_toys", "ultralytics"}
+    assert {"tiny-detr", "tiny-clip", "tiny-blip-vqa", "tiny-depth-anything"} <= recorded
+    assert "yolo11n-obb" not in recorded and "detr-resnet-50" not in recorded  # not obtainable offline
+    assert {s["name"] for s in bento["services"]} == {"yolo_toys", "ultralytics", "transformers"}
     bento_dir = Path(test_env["BENTOML_HOME"]) / "bentos" / tag.replace(":", "/")
     src = bento_dir / "src"
     for path in ("service.py", "runners/ultralytics.py", "models/catalog.yaml", "imaging.py"):
@@ -35,5 +36,6 @@ def test_bentoml_build_records_models(test_env: dict[str, str], imported) -> Non
     assert not (src / "tests").exists()
     requirements = (bento_dir / "env" / "python" / "requirements.txt").read_text()
     assert "bentoml==1.4.39" in requirements and "torch==2.13.0" in requirements
+    assert "transformers==5.23.0" in requirements
     dockerfile = (bento_dir / "env" / "docker" / "Dockerfile").read_text()
     assert "libgl1" in dockerfile

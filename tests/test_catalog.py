@@ -65,9 +65,13 @@ def test_shipped_catalog_names_are_store_names() -> None:
 
 
 def test_shipped_catalog_local_sources_exist() -> None:
-    """Each local source names a file or folder of the shared weights (what the store tests import)."""
+    """Each Ultralytics local source names a file or folder of the shared weights (what the store tests
+    import); transformers local sources are optional save_pretrained mirrors with a hub fallback."""
     assert SHARED_WEIGHTS is not None
     for m in parse_catalog(DEFAULT_CATALOG).models:
+        if m.family == "transformers":
+            assert [s.hub for s in m.sources if s.hub], m.name
+            continue
         for source in m.sources:
             if source.local:
                 assert (SHARED_WEIGHTS / source.local).exists(), (m.name, source.local)
@@ -97,7 +101,7 @@ def test_minimal_catalog_parses_with_defaults(tmp_path: Path) -> None:
         ({"runners": {"ultralytics": {"max_batch_size": 4, "batch": 2}}, "models": [entry()]}, "batch"),
         ({"models": [entry(family="onnxruntime")]}, "family"),
         ({"runners": {"onnxruntime": {}}, "models": [entry()]}, "onnxruntime"),
-        ({"models": [entry(task="depth")]}, "task"),
+        ({"models": [entry(task="thermal")]}, "task"),
     ],
     ids=["duplicate-name", "two-defaults", "bad-name", "local-and-hub", "no-source-kind", "no-sources",
          "unknown-entry-key", "unknown-source-key", "unknown-top-key", "unknown-runner-key", "unknown-family",
@@ -106,6 +110,18 @@ def test_minimal_catalog_parses_with_defaults(tmp_path: Path) -> None:
 def test_parse_catalog_rejects(tmp_path: Path, data: dict, message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         parse_catalog(write(tmp_path, data))
+
+
+def test_transformers_entries_need_a_matching_hf_task(tmp_path: Path) -> None:
+    hf = {"family": "transformers", "sources": [{"hub": "org/model"}]}
+    with pytest.raises(ValidationError, match="hf_task"):
+        parse_catalog(write(tmp_path, {"models": [entry(**hf, task="detect")]}))
+    with pytest.raises(ValidationError, match="serves task depth"):
+        parse_catalog(write(tmp_path, {"models": [entry(**hf, task="detect", hf_task="depth-estimation")]}))
+    with pytest.raises(ValidationError, match="hf_task"):
+        parse_catalog(write(tmp_path, {"models": [entry(hf_task="object-detection")]}))  # on a YOLO entry
+    ok = parse_catalog(write(tmp_path, {"models": [entry(**hf, task="detect", hf_task="zero-shot-object-detection")]}))
+    assert ok.models[0].hf_task == "zero-shot-object-detection"
 
 
 def test_two_defaults_for_different_tasks_are_fine(tmp_path: Path) -> None:

@@ -10,8 +10,10 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 import schemas
 from schemas import (
     Box,
+    CaptionResult,
     Classification,
     ClassifyResult,
+    DepthResult,
     Detection,
     DetectResult,
     ErrorBody,
@@ -27,6 +29,8 @@ from schemas import (
     SegmentInstance,
     SegmentResult,
     Timings,
+    VqaResult,
+    ZeroShotClassifyResult,
 )
 
 TASK_RESULT = TypeAdapter(schemas.TaskResult)
@@ -68,11 +72,20 @@ def results() -> dict[str, BaseModel]:
             **common(),
         ),  # fmt: skip
         "obb": ObbResult(detections=[OrientedDetection(rbox=rbox, score=0.75, class_id=1, label="ship")], **common()),
+        "zero_shot_classify": ZeroShotClassifyResult(
+            top_k=[Classification(class_id=1, label="a bus", score=0.75),
+                   Classification(class_id=0, label="a cat", score=0.25)],
+            **common(),
+        ),  # fmt: skip
+        "caption": CaptionResult(text="a bus on a street", prefix="a bus", **common()),
+        "vqa": VqaResult(question="what color is the bus?", answer="blue", **common()),
+        "depth": DepthResult(depth_png="iVBORw0KGgo=", min=0.5, max=3.0, scale=2.5 / 65535, **common()),
     }
 
 
 CLASSES = {"detect": DetectResult, "segment": SegmentResult, "pose": PoseResult, "classify": ClassifyResult,
-           "obb": ObbResult}  # fmt: skip
+           "obb": ObbResult, "zero_shot_classify": ZeroShotClassifyResult, "caption": CaptionResult,
+           "vqa": VqaResult, "depth": DepthResult}  # fmt: skip
 
 
 @pytest.mark.parametrize("task", list(CLASSES))
@@ -181,7 +194,7 @@ def test_detection_score_bounds_are_inclusive(score: float) -> None:
 def test_predict_options_defaults() -> None:
     options = PredictOptions()
     assert options.model_dump() == {"conf": 0.25, "iou": 0.7, "imgsz": None, "max_det": 300, "classes": None,
-                                    "top_k": 5}  # fmt: skip
+                                    "top_k": 5, "prompts": None, "text": None, "max_new_tokens": 30}  # fmt: skip
     assert PredictOptions(classes=[0, 5]).classes == (0, 5)
 
 

@@ -1,0 +1,77 @@
+"""What every family runner does with an adaptive batch before and after its own inference.
+
+A batch mixes requests for several models and options. Each request is checked and decoded once;
+requests that can share one inference call are grouped; each group runs in chunks no larger than
+its model's batch cap; a failure answers only the requests it concerns.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Hashable, Mapping
+from typing import Any, Protocol
+
+from imaging import DecodedImage, ImageError, decode
+from models.catalog import ModelEntry
+from schemas import ErrorBody, InferenceJob, Outcome
+
+log = logging.getLogger("yolo_toys.runners")
+
+Member = tuple[int, DecodedImage, float]  # index in the batch, decoded image, decode milliseconds
+
+
+class Loaded(Protocol):
+    entry: ModelEntry
+
+
+def error(status: int, error: str, detail: str) -> Outcome:
+    return Outcome(status=status, error=ErrorBody(error=error, detail=detail))
+
+
+def run_batch(
+    jobs: list[InferenceJob],
+    models: Mapping[str, Loaded],
+    missing: Mapping[str, str],
+    cap: Callable[[ModelEntry], int],
+    infer: Callable[[Any, list[InferenceJob], list[Member], list[Outcome | None]], None],
+    shape_key: Callable[[Any, DecodedImage], Hashable] = lambda loaded, image: None,
+) -> list[Outcome]:
+    """Check, decode and group `jobs`, call `infer` once per chunk, and return one outcome per job.
+
+    `infer(loaded, jobs, chunk, outcomes)` fills `outcomes[i]` for each member `i` of the chunk.
+    `shape_key` adds to the grouping whatever else must be equal within one call (an image shape).
+    """
+    outcomes: list[Outcome | None] = [None] * len(jobs)
+    groups: dict[tuple, list[Member]] = defaultdict(list)
+    for i, job in enumerate(jobs):
+        loaded = models.get(job.model)
+        if loaded is None:
+            outcomes[i] = error(404, "model not loaded", missing.get(job.model, f"unknown model {job.model!r}"))
+            continue
+        if loaded.entry.task != job.task:
+            outcomes[i] = error(422, "wrong task for model", f"{job.model} serves {loaded.entry.task.value}")
+            continue
+        started = time.perf_counter()
+        try:
+            image = decode(job.image)
+        except ImageError as exc:
+            outcomes[i] = error(exc.status, exc.error, exc.detail)
+            continue
+        decode_ms = (time.perf_counter() - started) * 1000
+        key = (job.model, job.options.model_dump_json(exclude={"top_k"}), shape_key(loaded, image))
+        groups[key].append((i, image, decode_ms))
+
+    for (model_name, _, _), members in groups.items():
+        loaded = models[model_name]
+        size = cap(loaded.entry)
+        for start in range(0, len(members), size):
+            chunk = members[start : start + size]
+            try:
+                infer(loaded, jobs, chunk, outcomes)
+            except Exception as exc:  # a model failure answers its own requests, never the batch
+                log.exception("inference failed for %s on %d image(s)", model_name, len(chunk))
+                for i, _, _ in chunk:
+                    outcomes[i] = error(500, "inference failed", f"{type(exc).__name__}: {exc}")
+    return [o if o is not None else error(500, "internal error", "no outcome") for o in outcomes]
