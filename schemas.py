@@ -322,17 +322,58 @@ class ZeroShotClassifyResult(ResultBase):
     task: Literal["zero_shot_classify"] = "zero_shot_classify"
     top_k: list[Classification] = Field(description="The caller's labels, best first; class_id is the label's index.")
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "task": "zero_shot_classify",
+                "model": "clip-vit-base-patch32",
+                "image": {"width": 810, "height": 1080},
+                "top_k": [
+                    {"class_id": 0, "label": "a bus", "score": 0.93},
+                    {"class_id": 2, "label": "a person", "score": 0.06},
+                ],
+                "timings": _EXAMPLE_TIMINGS,
+            }
+        }
+    )
+
 
 class CaptionResult(ResultBase):
     task: Literal["caption"] = "caption"
     text: str
     prefix: str | None = None
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "task": "caption",
+                "model": "blip-image-captioning-base",
+                "image": {"width": 810, "height": 1080},
+                "text": "a blue bus parked on the side of a street",
+                "prefix": None,
+                "timings": _EXAMPLE_TIMINGS,
+            }
+        }
+    )
+
 
 class VqaResult(ResultBase):
     task: Literal["vqa"] = "vqa"
     question: str
     answer: str
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "task": "vqa",
+                "model": "blip-vqa-base",
+                "image": {"width": 810, "height": 1080},
+                "question": "What color is the bus?",
+                "answer": "blue",
+                "timings": _EXAMPLE_TIMINGS,
+            }
+        }
+    )
 
 
 class DepthResult(ResultBase):
@@ -343,6 +384,21 @@ class DepthResult(ResultBase):
     min: float
     max: float
     scale: float = Field(description="Depth units per PNG level: (max - min) / 65535.")
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "task": "depth",
+                "model": "depth-anything-v2-small",
+                "image": {"width": 810, "height": 1080},
+                "depth_png": "iVBORw0KGgoAAAANSUhEUgAA...",
+                "min": 0.0,
+                "max": 7.91,
+                "scale": 0.0001207,
+                "timings": _EXAMPLE_TIMINGS,
+            }
+        }
+    )
 
 
 TaskResult = Annotated[

@@ -124,7 +124,7 @@ def _to_device(inputs: Any, loaded: LoadedHF) -> dict[str, Any]:
 
 def _detections(boxes: Any, scores: Any, label_ids: Any, label_of: Callable[[int], str], job: InferenceJob) -> list:
     dets = []
-    for box, score, label_id in zip(boxes.tolist(), scores.tolist(), label_ids.tolist(), strict=True):
+    for box, score, label_id in zip(boxes.tolist(), scores.tolist(), np.asarray(label_ids).tolist(), strict=True):
         if job.options.classes is not None and int(label_id) not in job.options.classes:
             continue
         x1, y1, x2, y2 = box
@@ -132,6 +132,13 @@ def _detections(boxes: Any, scores: Any, label_ids: Any, label_of: Callable[[int
                               class_id=int(label_id), label=label_of(int(label_id))))  # fmt: skip
     dets.sort(key=lambda d: -d.score)
     return dets[: job.options.max_det]
+
+
+def _prompt_ids(labels: Any, prompts: list[str]) -> np.ndarray:
+    """OWL-ViT answers prompt indices; Grounding DINO answers the matched phrase (-1 if unmatched)."""
+    if hasattr(labels, "tolist"):
+        return np.asarray(labels.tolist(), dtype=int)
+    return np.asarray([prompts.index(t) if t in prompts else -1 for t in labels], dtype=int)
 
 
 def _top_k(probs: np.ndarray, k: int, label_of: Callable[[int], str]) -> list[Classification]:
@@ -172,7 +179,7 @@ def infer_chunk(loaded: LoadedHF, images: list[Image.Image], jobs: list[Inferenc
         prompts = list(opts.prompts or ())
         text = prompts if task == "zero-shot-image-classification" else [prompts] * len(images)
         inputs = proc(text=text, images=images, return_tensors="pt", padding=True)
-        label_of = lambda i: prompts[i]  # noqa: E731
+        label_of = lambda i: prompts[i] if 0 <= i < len(prompts) else "(unmatched phrase)"  # noqa: E731
     elif task in ("image-captioning", "visual-question-answering") and opts.text:
         inputs = proc(images=images, text=[opts.text] * len(images), return_tensors="pt", padding=True)
     else:
@@ -195,13 +202,16 @@ def infer_chunk(loaded: LoadedHF, images: list[Image.Image], jobs: list[Inferenc
                        for p, job in zip(post, jobs, strict=True)]  # fmt: skip
         elif task == "zero-shot-object-detection":
             post = proc.post_process_grounded_object_detection(outputs, threshold=opts.conf, target_sizes=sizes)
-            results = [_detections(p["boxes"], p["scores"], p["labels"], label_of, job)
+            results = [_detections(p["boxes"], p["scores"], _prompt_ids(p["labels"], prompts), label_of, job)
                        for p, job in zip(post, jobs, strict=True)]  # fmt: skip
         elif task == "image-classification":
             probs = outputs.logits.float().softmax(-1).cpu().numpy()
             results = [_top_k(p, job.options.top_k, label_of) for p, job in zip(probs, jobs, strict=True)]
         elif task == "zero-shot-image-classification":
-            probs = outputs.logits_per_image.float().softmax(-1).cpu().numpy()
+            logits = outputs.logits_per_image.float()
+            # SigLIP scores each label on its own (sigmoid); CLIP spreads one unit over the labels.
+            sigmoid = loaded.model.config.model_type.startswith("siglip")
+            probs = (logits.sigmoid() if sigmoid else logits.softmax(-1)).cpu().numpy()
             results = [_top_k(p, job.options.top_k, label_of) for p, job in zip(probs, jobs, strict=True)]
         elif task in ("image-captioning", "visual-question-answering"):
             texts = proc.batch_decode(outputs, skip_special_tokens=True)

@@ -344,8 +344,9 @@ def _depth_anything():
         backbone_config=backbone, patch_size=14, reassemble_hidden_size=32, neck_hidden_sizes=[8, 16, 32, 64],
         fusion_hidden_size=16, head_hidden_size=8,
     )  # fmt: skip
+    # Keeps the aspect ratio, like Depth-Anything-V2-Small-hf: images of other shapes cannot share a batch.
     processor = DPTImageProcessor(
-        size={"height": 70, "width": 70}, keep_aspect_ratio=False, ensure_multiple_of=14, resample=3,
+        size={"height": 70, "width": 70}, keep_aspect_ratio=True, ensure_multiple_of=14, resample=3,
         image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
     )  # fmt: skip
     return DepthAnythingForDepthEstimation(config), processor

@@ -203,7 +203,8 @@ def test_timings_defaults() -> None:
                                       "postprocess_ms": 0.0, "total_ms": 0.0, "batch_size": 1}  # fmt: skip
 
 
-@pytest.mark.parametrize("cls", [DetectResult, SegmentResult, PoseResult, ClassifyResult, ObbResult])
+@pytest.mark.parametrize("cls", [DetectResult, SegmentResult, PoseResult, ClassifyResult, ObbResult,
+                                 ZeroShotClassifyResult, CaptionResult, VqaResult, DepthResult])  # fmt: skip
 def test_json_schema_example_validates(cls: type[BaseModel]) -> None:
     schema = cls.model_json_schema()
     # `example`, singular: BentoML's OpenAPI 3.0 Schema object rejects `examples` (GET /docs.json would 500).
