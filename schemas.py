@@ -110,6 +110,7 @@ class Detection(BaseModel):
     score: float = Field(ge=0.0, le=1.0)
     class_id: int
     label: str
+    track_id: int | None = Field(None, description="Stable id across the frames of a stream, when tracking is on.")
 
 
 Point = tuple[float, float]

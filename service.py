@@ -15,8 +15,10 @@ from typing import Annotated, Any
 import bentoml
 from bentoml.exceptions import ServiceUnavailable
 from bentoml.validators import ContentType
-from fastapi import FastAPI
+from fastapi import FastAPI, WebSocket
+from prometheus_client import Gauge
 from starlette.responses import JSONResponse, Response
+from starlette.staticfiles import StaticFiles
 
 from guard import MULTIPART_OVERHEAD, BodyLimit, install_guards
 from imaging import LIMITS, ImageError, ImageUpload, UploadedFile, check_upload
@@ -51,11 +53,15 @@ from schemas import (
     VqaResult,
     ZeroShotClassifyResult,
 )
+from streaming import MAX_STREAMS, Frame, StreamConfig, StreamSession
 
 log = logging.getLogger("yolo_toys")
 install_guards()
 
 extras = FastAPI(title="YOLO-Toys", docs_url=None, redoc_url=None, openapi_url=None)
+extras.mount("/demo", StaticFiles(directory=Path(__file__).parent / "demo", html=True, check_dir=False), name="demo")
+
+OPEN_STREAMS = Gauge("yolo_toys_open_streams", "Open WebSocket streams.", multiprocess_mode="livesum")
 
 
 class ApiError(Exception):
@@ -80,6 +86,7 @@ class YoloToys:
     def __init__(self) -> None:
         self.runners = {"ultralytics": self.ultralytics, "transformers": self.transformers}
         self._status: dict[str, ModelInfo] | None = None
+        self.open_streams = 0
 
     async def model_status(self) -> dict[str, ModelInfo]:
         """The runners' view of the catalog; fixed once they have started, so asked once."""
@@ -226,6 +233,28 @@ class YoloToys:
         except ApiError as exc:
             return exc.response()
         return Response(outcome.annotated_jpeg, media_type="image/jpeg")
+
+    @extras.websocket("/ws/stream")
+    async def stream(self, websocket: WebSocket) -> None:
+        """Frames in, results out, latest frame wins (docs/streaming.md)."""
+        await websocket.accept()
+        if self.open_streams >= MAX_STREAMS:
+            await websocket.close(code=1013, reason=f"{MAX_STREAMS} streams are open; try again later")
+            return
+        self.open_streams += 1
+        OPEN_STREAMS.inc()
+        try:
+            await StreamSession(websocket, self.stream_frame).run()
+        finally:
+            self.open_streams -= 1
+            OPEN_STREAMS.dec()
+
+    async def stream_frame(self, config: StreamConfig, frame: Frame) -> tuple[Any, dict | None]:
+        try:
+            outcome = await self.run(config.task, UploadedFile(frame.data), config.model, config.options())
+        except ApiError as exc:
+            return None, {"error": exc.error, "detail": exc.detail}
+        return outcome.result, None
 
     @extras.get("/models", response_model=ModelsResponse, tags=["Service APIs"])
     async def list_models(self) -> ModelsResponse:

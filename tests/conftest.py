@@ -111,6 +111,7 @@ def test_env(
         "YOLO_OFFLINE": "1",
         "HF_HUB_OFFLINE": "1",
         "BENTOML_DO_NOT_TRACK": "True",
+        "YOLO_TOYS_MAX_STREAMS": "8",
         "PYTHONUNBUFFERED": "1",
     }
     return env

@@ -36,7 +36,8 @@ def test_detect_contract(client: TestClient) -> None:
     assert set(body) == {"task", "model", "image", "timings", "detections"}
     assert body["task"] == "detect" and body["image"] == {"width": 810, "height": 1080}
     first = body["detections"][0]
-    assert set(first) == {"box", "score", "class_id", "label"} and set(first["box"]) == {"x1", "y1", "x2", "y2"}
+    assert set(first) == {"box", "score", "class_id", "label", "track_id"} and first["track_id"] is None
+    assert set(first["box"]) == {"x1", "y1", "x2", "y2"}
 
 
 def test_each_task_answers_its_schema(client: TestClient) -> None:
