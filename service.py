@@ -7,17 +7,21 @@ family, which batches, decodes once, infers and answers in the shared schemas.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections import deque
+from collections.abc import AsyncGenerator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import bentoml
 from bentoml.exceptions import ServiceUnavailable
 from bentoml.validators import ContentType
 from fastapi import FastAPI, WebSocket
 from prometheus_client import Gauge
-from starlette.responses import JSONResponse, Response
+from pydantic import Field
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.staticfiles import StaticFiles
 
 from guard import MULTIPART_OVERHEAD, BodyLimit, install_guards
@@ -53,13 +57,27 @@ from schemas import (
     VqaResult,
     ZeroShotClassifyResult,
 )
-from streaming import MAX_STREAMS, Frame, StreamConfig, StreamSession
+from streaming import (
+    MAX_STREAMS,
+    STREAM_TASKS,
+    TRACKED_TASKS,
+    Frame,
+    StreamConfig,
+    StreamSession,
+    Tracker,
+    VideoFrames,
+    sse,
+)
 
 log = logging.getLogger("yolo_toys")
 install_guards()
 
 extras = FastAPI(title="YOLO-Toys", docs_url=None, redoc_url=None, openapi_url=None)
 extras.mount("/demo", StaticFiles(directory=Path(__file__).parent / "demo", html=True, check_dir=False), name="demo")
+
+VIDEO_WINDOW = 4  # frames of one video in inference at once, so they can share batches
+Stride = Annotated[int, Field(ge=1, le=1000, description="Process every n-th frame.")]
+MaxFrames = Annotated[int | None, Field(ge=1, le=1_000_000, description="Stop after this many frames.")]
 
 OPEN_STREAMS = Gauge("yolo_toys_open_streams", "Open WebSocket streams.", multiprocess_mode="livesum")
 
@@ -233,6 +251,70 @@ class YoloToys:
         except ApiError as exc:
             return exc.response()
         return Response(outcome.annotated_jpeg, media_type="image/jpeg")
+
+    @bentoml.api(route="/stream/video")
+    async def stream_video(
+        self, video: Annotated[Path, Field(description="A video file: mp4, webm, avi, ...")], task: Task = Task.detect,
+        model: ModelName = None, conf: Conf = 0.25, iou: Iou = 0.7, imgsz: ImgSz = None, max_det: MaxDet = 300,
+        classes: Classes = None, prompts: Prompts = None, stride: Stride = 1, max_frames: MaxFrames = None,
+        tracking: bool = False, tracker: Literal["bytetrack", "botsort"] = "bytetrack",
+    ) -> AsyncGenerator[str, None]:
+        """Per-frame results of an uploaded video as server-sent events.
+
+        Events: `result` (`frame`, `timestamp_ms`, `result`), then `end`; or `error` at the frame
+        where the stream stops (a cut file, a model failure): never a silent truncation.
+        """
+        options = PredictOptions(conf=conf, iou=iou, imgsz=imgsz, max_det=max_det, classes=classes, prompts=prompts)
+        try:
+            if task not in STREAM_TASKS:
+                raise ApiError(422, "task not streamable", f"choose one of {[t.value for t in STREAM_TASKS]}")
+            await self.resolve(task, model, options)
+            frames = await asyncio.to_thread(VideoFrames, str(video), stride, max_frames)
+        except ApiError as exc:
+            return exc.response()
+        except ValueError as exc:
+            return ApiError(400, "undecodable video", str(exc)).response()
+        track = Tracker(tracker) if tracking and task in TRACKED_TASKS else None
+        events = self.video_events(frames, task, model, options, track)
+        return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    async def video_events(self, frames: VideoFrames, task: Task, model: str | None, options: PredictOptions,
+                           tracker: Tracker | None) -> AsyncGenerator[str, None]:
+        pending: deque = deque()
+        results = 0
+        try:
+            while True:
+                while len(pending) < VIDEO_WINDOW and not frames.finished:
+                    item = await asyncio.to_thread(frames.next)
+                    if item is None:
+                        break
+                    index, timestamp, data = item
+                    job = asyncio.ensure_future(self.run(task, UploadedFile(data), model, options))
+                    pending.append((index, timestamp, job))
+                if not pending:
+                    break
+                index, timestamp, job = pending.popleft()
+                try:
+                    result = (await job).result
+                except ApiError as exc:
+                    yield sse("error", {"frame": index, "error": exc.error, "detail": exc.detail})
+                    return
+                if tracker is not None:
+                    await asyncio.to_thread(tracker.label, result)
+                results += 1
+                yield sse("result", {"frame": index, "timestamp_ms": timestamp, "result": result.model_dump(mode="json")})
+            if frames.truncated():
+                detail = f"read {frames.read_count} of the {frames.declared} frames the file declares"
+                yield sse("error", {"frame": frames.read_count, "error": "video ended early", "detail": detail})
+                return
+            yield sse("end", {"frames_read": frames.read_count, "results": results})
+        except Exception as exc:  # the stream says so instead of stopping silently
+            log.exception("video stream failed")
+            yield sse("error", {"frame": frames.read_count, "error": "internal error", "detail": f"{type(exc).__name__}"})
+        finally:
+            for _, _, job in pending:
+                job.cancel()
+            frames.close()
 
     @extras.websocket("/ws/stream")
     async def stream(self, websocket: WebSocket) -> None:

@@ -124,6 +124,12 @@ class Tracker:
             ids[int(row[-1])] = int(row[4])
         return ids
 
+    def label(self, result: Any) -> None:
+        """Set `track_id` on the detections or instances of one frame's result."""
+        items = getattr(result, "detections", None) or getattr(result, "instances", None) or []
+        for item, track_id in zip(items, self.update(items, result.image.width, result.image.height), strict=True):
+            item.track_id = track_id
+
 
 def queue_ms(frame: Frame) -> float:
     return (time.perf_counter() - frame.received) * 1000
@@ -221,11 +227,63 @@ class StreamSession:
                 await self.error(error["error"], error.get("detail"), frame.id)
                 continue
             if tracker is not None and config.task in TRACKED_TASKS:
-                items = getattr(result, "detections", None) or getattr(result, "instances", None) or []
-                ids = await asyncio.to_thread(tracker.update, items, result.image.width, result.image.height)
-                for item, track_id in zip(items, ids, strict=True):
-                    item.track_id = track_id
+                await asyncio.to_thread(tracker.label, result)
             await self.send({
                 "type": "result", "frame_id": frame.id, "result": result.model_dump(mode="json"),
                 "queue_ms": waited, "server_ms": queue_ms(frame), "dropped": self.mailbox.dropped,
             })  # fmt: skip
+
+
+# ---- server-sent events over an uploaded video ---------------------------------------------------
+
+
+def sse(event: str, data: dict) -> str:
+    """One server-sent event: `event:` and `data:` lines, then a blank line."""
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+class VideoFrames:
+    """Frames of an uploaded video file (OpenCV: mp4, webm, avi, ...), JPEG-encoded for the runners."""
+
+    def __init__(self, path: str, stride: int = 1, max_frames: int | None = None) -> None:
+        import cv2
+
+        self._cv2 = cv2
+        self.capture = cv2.VideoCapture(path)
+        if not self.capture.isOpened():
+            self.capture.release()
+            raise ValueError("the file is not a video OpenCV can read (mp4, webm, avi, ...)")
+        self.declared = int(self.capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        self.fps = float(self.capture.get(cv2.CAP_PROP_FPS) or 0.0)
+        self.stride = stride
+        self.max_frames = max_frames
+        self.read_count = 0
+        self.finished = False
+
+    def next(self) -> tuple[int, float, bytes] | None:
+        """The next selected frame as (index, timestamp in ms, JPEG bytes); None at the end."""
+        while self.max_frames is None or self.read_count < self.max_frames:
+            ok, image = self.capture.read()
+            if not ok:
+                self.finished = True
+                return None
+            index = self.read_count
+            self.read_count += 1
+            if index % self.stride:
+                continue
+            timestamp = float(self.capture.get(self._cv2.CAP_PROP_POS_MSEC) or 0.0)
+            if timestamp == 0.0 and index and self.fps > 0:
+                timestamp = index * 1000.0 / self.fps
+            ok, buf = self._cv2.imencode(".jpg", image, [self._cv2.IMWRITE_JPEG_QUALITY, 95])
+            if not ok:
+                raise ValueError(f"frame {index} could not be encoded")
+            return index, timestamp, buf.tobytes()
+        self.finished = True
+        return None
+
+    def truncated(self) -> bool:
+        """Fewer frames than the container declares: a cut or corrupt file, not a normal end."""
+        return self.max_frames is None and self.declared > 0 and self.read_count < self.declared
+
+    def close(self) -> None:
+        self.capture.release()

@@ -226,3 +226,77 @@ def test_many_sockets_share_batches(server: Server) -> None:
     for answers in streams:  # batch-mates do not change a result
         other = np.array([[d["box"]["x1"], d["box"]["y1"]] for d in answers[-1]["result"]["detections"]])
         np.testing.assert_allclose(other, first, atol=1e-3)
+
+
+# ---- server-sent events over an uploaded video ---------------------------------------------------
+
+
+def make_video(path, n: int = 20, fps: float = 10.0) -> bytes:
+    """An MJPG AVI of the camera tilt above (OpenCV writes it without any codec of the system)."""
+    import cv2
+
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (810, 600))
+    for frame in pan_frames(n, step=8):
+        writer.write(cv2.imdecode(np.frombuffer(frame, np.uint8), cv2.IMREAD_COLOR))
+    writer.release()
+    return path.read_bytes()
+
+
+def sse_events(body: str) -> list[tuple[str, dict]]:
+    """Parse text/event-stream framing strictly: every block is `event:` then `data:`, blank-line separated."""
+    assert body.endswith("\n\n"), body[-200:]
+    events = []
+    for block in body.strip("\n").split("\n\n"):
+        lines = block.split("\n")
+        assert len(lines) == 2 and lines[0].startswith("event: ") and lines[1].startswith("data: "), block
+        events.append((lines[0][len("event: "):], json.loads(lines[1][len("data: "):])))
+    return events
+
+
+def post_video(server: Server, data: bytes, **fields) -> httpx.Response:
+    form = {k: json.dumps(v) if isinstance(v, (list, bool)) else str(v) for k, v in fields.items()}
+    return httpx.post(f"{server.url}/stream/video", files={"video": ("clip.avi", data, "video/x-msvideo")},
+                      data=form, timeout=300)  # fmt: skip
+
+
+def test_video_sse_framing_stride_and_tracking(server: Server, tmp_path) -> None:
+    resp = post_video(server, make_video(tmp_path / "clip.avi"), model="yolo11n", stride=3, tracking=True)
+    assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/event-stream")
+    events = sse_events(resp.text)
+    kinds = [kind for kind, _ in events]
+    assert kinds == ["result"] * 7 + ["end"], kinds
+    frames = [data["frame"] for kind, data in events if kind == "result"]
+    assert frames == list(range(0, 20, 3))
+    stamps = [data["timestamp_ms"] for kind, data in events if kind == "result"]
+    assert stamps == pytest.approx([f * 100.0 for f in frames], abs=1.0)  # 10 fps
+    assert events[-1][1] == {"frames_read": 20, "results": 7}
+    bus_ids = {d["track_id"] for kind, data in events if kind == "result" for d in data["result"]["detections"]
+               if d["label"] == "bus"}  # fmt: skip
+    assert len(bus_ids) == 1 and None not in bus_ids
+
+
+def test_video_cut_short_ends_with_an_error_event(server: Server, tmp_path) -> None:
+    data = make_video(tmp_path / "clip.avi")
+    resp = post_video(server, data[: len(data) // 2], model="yolo11n", stride=4)
+    assert resp.status_code == 200
+    events = sse_events(resp.text)
+    assert [k for k, _ in events][-1] == "error" and "end" not in [k for k, _ in events]
+    error = events[-1][1]
+    assert error["error"] == "video ended early" and 0 < error["frame"] < 20 and "of the 20 frames" in error["detail"]
+    assert all(kind == "result" for kind, _ in events[:-1]) and len(events) > 1
+
+
+@pytest.mark.parametrize(
+    ("fields", "payload", "status", "error"),
+    [
+        ({}, b"not a video at all", 400, "undecodable video"),
+        ({"task": "caption"}, None, 422, "task not streamable"),
+        ({"model": "nope"}, None, 404, "unknown model"),
+        ({"stride": 0}, None, 400, None),
+    ],
+)
+def test_video_bad_requests(server: Server, tmp_path, fields: dict, payload: bytes | None, status: int, error) -> None:
+    resp = post_video(server, payload if payload is not None else make_video(tmp_path / "clip.avi", n=3), **fields)
+    assert resp.status_code == status, resp.text
+    body = resp.json()
+    assert set(body) == {"error", "detail"} and (error is None or body["error"] == error)
