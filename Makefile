@@ -6,6 +6,9 @@ BIN := $(VENV)/bin
 PORT ?= 3000
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | cksum | cut -d' ' -f1)
 
+CHROMIUM ?= /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
 .PHONY: venv import serve test lint build clean
 
 $(STAMP): requirements.txt requirements-dev.txt
@@ -26,7 +29,11 @@ serve: import
 lint: venv
 	$(BIN)/ruff check .
 
-test: venv lint
+## Debian's Chromium for the demo's browser test (Playwright drives it; no browser download).
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+
+test: venv lint $(CHROMIUM)
 	YOLO_OFFLINE=1 HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 build: import

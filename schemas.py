@@ -203,6 +203,7 @@ class DetectResult(ResultBase):
                         "score": 0.93,
                         "class_id": 5,
                         "label": "bus",
+                        "track_id": None,
                     }
                 ],
                 "timings": _EXAMPLE_TIMINGS,
@@ -227,6 +228,7 @@ class SegmentResult(ResultBase):
                         "score": 0.86,
                         "class_id": 5,
                         "label": "bus",
+                        "track_id": None,
                         "polygons": [[[20.0, 232.0], [800.0, 232.0], [800.0, 745.0], [20.0, 745.0]]],
                     }
                 ],
@@ -252,6 +254,7 @@ class PoseResult(ResultBase):
                         "score": 0.89,
                         "class_id": 0,
                         "label": "person",
+                        "track_id": None,
                         "keypoints": [
                             {"name": "nose", "x": 141.2, "y": 437.8, "score": 0.97},
                             {"name": "left_eye", "x": 150.3, "y": 428.1, "score": 0.93},

@@ -208,14 +208,24 @@ class StreamSession:
             self.next_id = message.id
         elif message.task not in STREAM_TASKS:
             await self.error("task not streamable", f"{message.task.value}; choose one of {[t.value for t in STREAM_TASKS]}")
+        elif message.tracking and message.task not in TRACKED_TASKS:
+            await self.error("tracking not supported", f"tracking follows boxes: {[t.value for t in TRACKED_TASKS]}")
         else:
             try:
-                tracker = Tracker(message.tracker) if message.tracking else None
+                tracker = self._tracker_for(message)
             except Exception as exc:  # a tracker's missing dependency must not end the stream
                 await self.error("tracker unavailable", f"{message.tracker}: {exc}")
                 return
             self.config, self.tracker = message, tracker
-            await self.send({"type": "config", "config": message.model_dump(mode="json")})
+            await self.send({"type": "config", "config": message.model_dump(mode="json", exclude={"type"})})
+
+    def _tracker_for(self, new: StreamConfig) -> Tracker | None:
+        """Keep the tracks (and their ids) while the same model keeps tracking the same task."""
+        old = self.config
+        same = self.tracker is not None and (old.model, old.task, old.tracker) == (new.model, new.task, new.tracker)
+        if not new.tracking:
+            return None
+        return self.tracker if same else Tracker(new.tracker)
 
     async def _work(self) -> None:
         while True:

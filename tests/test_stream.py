@@ -105,10 +105,18 @@ def test_tracking_keeps_ids_across_a_panning_sequence(server: Server) -> None:
             message = recv(ws)
             assert message["type"] == "result", message
             per_frame.append(message["result"]["detections"])
+        # a new config for the same model and task keeps the tracks; another model starts fresh ones
+        configure(ws, model="yolo11n", tracking=True, tracker="bytetrack", conf=0.3)
+        ws.send(pan_frames(10)[-1])
+        per_frame.append(recv(ws)["result"]["detections"])
+        configure(ws, model="yolov8n", tracking=True)
+        ws.send(pan_frames(10)[-1])
+        fresh = recv(ws)["result"]["detections"]
     bus_ids = [d["track_id"] for dets in per_frame for d in dets if d["label"] == "bus"]
     assert len(bus_ids) == len(per_frame) and len(set(bus_ids)) == 1 and None not in bus_ids, per_frame
     persons = [sorted(d["track_id"] for d in dets if d["label"] == "person") for dets in per_frame]
     assert len(persons[0]) >= 3 and None not in persons[0] and all(ids == persons[0] for ids in persons), persons
+    assert max(d["track_id"] or 0 for d in fresh) <= len(fresh)  # ids restart at 1 for the new tracker
 
 
 def test_botsort_tracker_and_fresh_state_per_connection(server: Server) -> None:
@@ -130,6 +138,7 @@ def test_bad_messages_get_errors_and_the_socket_stays_open(server: Server) -> No
             (json.dumps({"type": "config", "conf": 2}), "invalid message"),
             (json.dumps({"type": "config", "tracker": "sort"}), "invalid message"),
             (json.dumps({"type": "config", "task": "caption"}), "task not streamable"),
+            (json.dumps({"type": "config", "task": "classify", "tracking": True}), "tracking not supported"),
             (json.dumps({"type": "frame", "id": -1}), "invalid message"),
         ]
         for text, error in cases:
