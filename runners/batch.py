@@ -1,4 +1,4 @@
-"""What every family runner does with an adaptive batch before and after its own inference.
+"""What every family runner shares: loading its catalog models, and the adaptive-batch loop.
 
 A batch mixes requests for several models and options. Each request is checked and decoded once;
 requests that can share one inference call are grouped; each group runs in chunks no larger than
@@ -8,6 +8,7 @@ its model's batch cap; a failure answers only the requests it concerns.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Mapping
@@ -24,6 +25,26 @@ Member = tuple[int, DecodedImage, float]  # index in the batch, decoded image, d
 
 class Loaded(Protocol):
     entry: ModelEntry
+
+
+def load_all(
+    family: str, entries: list[ModelEntry], load: Callable[[ModelEntry], Any], describe: Callable[[Any], str]
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Load every model of a family once; a model that fails is left out with a one-line reason."""
+    models: dict[str, Any] = {}
+    missing: dict[str, str] = {}
+    for entry in entries:
+        started = time.perf_counter()
+        try:
+            models[entry.name] = load(entry)
+        except Exception as exc:
+            missing[entry.name] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            log.warning("model %s not loaded: %s", entry.name, missing[entry.name])
+            continue
+        log.info("loaded %s (%s) in %.1f s", entry.name, describe(models[entry.name]), time.perf_counter() - started)
+    log.info("%s runner ready (pid %d): %s; missing: %s", family, os.getpid(),
+             ", ".join(models) or "none", ", ".join(missing) or "none")  # fmt: skip
+    return models, missing
 
 
 def error(status: int, error: str, detail: str) -> Outcome:

@@ -28,7 +28,7 @@ from prometheus_client import Histogram
 import drawing
 from models.catalog import LABELLED_HF_TASKS, ModelEntry, load_catalog
 from models.store import load_transformers, stored
-from runners.batch import Member, run_batch
+from runners.batch import Member, load_all, run_batch
 from schemas import (
     Box,
     CaptionResult,
@@ -283,19 +283,10 @@ def to_result(loaded: LoadedHF, job: InferenceJob, raw: Any, image: Image.Image,
 )
 class TransformersRunner:
     def __init__(self) -> None:
-        self.models: dict[str, LoadedHF] = {}
-        self.missing: dict[str, str] = {}
-        for entry in CATALOG.family("transformers"):
-            try:
-                started = time.perf_counter()
-                self.models[entry.name] = m = load(entry)
-                log.info("loaded %s (%s, %s, %s) in %.1f s", entry.name, entry.hf_task, m.device,
-                         str(m.dtype).removeprefix("torch."), time.perf_counter() - started)  # fmt: skip
-            except Exception as exc:
-                self.missing[entry.name] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                log.warning("model %s not loaded: %s", entry.name, self.missing[entry.name])
-        log.info("transformers runner ready (pid %d): %s; missing: %s", os.getpid(),
-                 ", ".join(self.models) or "none", ", ".join(self.missing) or "none")  # fmt: skip
+        self.models, self.missing = load_all(
+            "transformers", CATALOG.family("transformers"), load,
+            lambda m: f"{m.hf_task}, {m.device}, {str(m.dtype).removeprefix('torch.')}",
+        )  # fmt: skip
 
     @bentoml.api
     def status(self) -> list[ModelInfo]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from prometheus_client import Histogram
 import drawing
 from models.catalog import ModelEntry, load_catalog
 from models.store import stored
-from runners.batch import Member, run_batch
+from runners.batch import Member, load_all, run_batch
 from schemas import (
     Box,
     Classification,
@@ -214,20 +213,10 @@ def to_result(r: Any, loaded: LoadedModel, job: InferenceJob, timings: Timings) 
 )
 class UltralyticsRunner:
     def __init__(self) -> None:
-        self.models: dict[str, LoadedModel] = {}
-        self.missing: dict[str, str] = {}
-        for entry in CATALOG.family("ultralytics"):
-            try:
-                started = time.perf_counter()
-                self.models[entry.name] = load(entry)
-                m = self.models[entry.name]
-                log.info("loaded %s (%s, %s, %s%s, imgsz %d) in %.1f s", entry.name, entry.task.value, m.format,
-                         m.device, " fp16" if m.half else "", m.imgsz, time.perf_counter() - started)
-            except Exception as exc:
-                self.missing[entry.name] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                log.warning("model %s not loaded: %s", entry.name, self.missing[entry.name])
-        log.info("ultralytics runner ready (pid %d): %s; missing: %s", os.getpid(),
-                 ", ".join(self.models) or "none", ", ".join(self.missing) or "none")
+        self.models, self.missing = load_all(
+            "ultralytics", CATALOG.family("ultralytics"), load,
+            lambda m: f"{m.entry.task.value}, {m.format}, {m.device}{' fp16' if m.half else ''}, imgsz {m.imgsz}",
+        )  # fmt: skip
 
     @bentoml.api
     def status(self) -> list[ModelInfo]:

@@ -8,6 +8,7 @@ import json
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 
 import httpx
 import numpy as np
@@ -162,10 +163,10 @@ def test_bad_messages_get_errors_and_the_socket_stays_open(server: Server) -> No
 
 def test_disconnect_mid_inference_leaves_nothing_behind(server: Server) -> None:
     for _ in range(3):
-        ws = connect(ws_url(server), max_size=None)
-        configure(ws, model="yolo11n-seg")
-        ws.send(pan_frames(1)[0])
-        ws.close()  # while the frame is in inference
+        with connect(ws_url(server), max_size=None) as ws:
+            configure(ws, model="yolo11n-seg")
+            ws.send(pan_frames(1)[0])
+        # closed while the frame is in inference
     deadline = time.monotonic() + 30
     while open_streams(server) != 0 and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -181,19 +182,16 @@ def test_disconnect_mid_inference_leaves_nothing_behind(server: Server) -> None:
 
 def test_connection_limit_closes_with_1013(server: Server) -> None:
     limit = 8  # YOLO_TOYS_MAX_STREAMS in the test environment
-    sockets = [connect(ws_url(server), max_size=None) for _ in range(limit)]
-    try:
+    with ExitStack() as stack:
+        sockets = [stack.enter_context(connect(ws_url(server), max_size=None)) for _ in range(limit)]
         for ws in sockets:
             ws.send(json.dumps({"type": "ping"}))
             assert recv(ws)["type"] == "pong"
-        extra = connect(ws_url(server), max_size=None)
+        extra = stack.enter_context(connect(ws_url(server), max_size=None))
         with pytest.raises(ConnectionClosed) as info:
             extra.recv(timeout=30)
         assert info.value.rcvd is not None and info.value.rcvd.code == 1013
         assert "try again" in info.value.rcvd.reason
-    finally:
-        for ws in sockets:
-            ws.close()
     time.sleep(0.5)
     with connect(ws_url(server), max_size=None) as ws:
         ws.send(json.dumps({"type": "ping"}))
