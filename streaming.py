@@ -16,7 +16,7 @@ from types import SimpleNamespace
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from schemas import Classes, Conf, ImgSz, Iou, MaxDet, ModelName, PredictOptions, Prompts, Task
 
@@ -65,6 +65,7 @@ class Ping(BaseModel):
 
 
 ClientMessage = Annotated[StreamConfig | FrameTag | Ping, Field(discriminator="type")]
+CLIENT_MESSAGE: TypeAdapter[StreamConfig | FrameTag | Ping] = TypeAdapter(ClientMessage)
 
 
 @dataclass
@@ -190,15 +191,13 @@ class StreamSession:
                 await self._control(message["text"])
 
     async def _control(self, text: str) -> None:
-        from pydantic import TypeAdapter, ValidationError
-
         try:
             payload = json.loads(text)
         except ValueError as exc:
             await self.error("invalid JSON", str(exc))
             return
         try:
-            message = TypeAdapter(ClientMessage).validate_python(payload)
+            message = CLIENT_MESSAGE.validate_python(payload)
         except ValidationError as exc:
             await self.error("invalid message", exc.errors(include_url=False, include_context=False, include_input=False))
             return

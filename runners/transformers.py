@@ -237,8 +237,9 @@ def infer_chunk(loaded: LoadedHF, images: list[Image.Image], jobs: list[Inferenc
                         score=min(max(score, 0.0), 1.0), class_id=int(class_id), label=label_of(int(class_id)),
                         polygons=_polygons(mask),
                     ))  # fmt: skip
-                instances.sort(key=lambda inst: -inst.score)
-                results.append(instances[: jobs[0].options.max_det])
+                kept = [i for i in instances if i.score >= opts.conf and (opts.classes is None or i.class_id in opts.classes)]
+                kept.sort(key=lambda inst: -inst.score)
+                results.append(kept[: opts.max_det])
         else:
             raise ValueError(f"unsupported hf_task {task}")
     stamps.append(time.perf_counter())

@@ -190,6 +190,18 @@ def test_semantic_segmentation_equals_in_process(server: Server, hf_weights: dic
         assert inst.polygons and all(len(p) >= 3 for p in inst.polygons)
 
 
+def test_semantic_segmentation_honours_classes_and_conf(server: Server) -> None:
+    everything = ok(post(server, "/segment", bus_png(), model="tiny-segformer", conf=0.0))
+    assert len(everything.instances) >= 2
+    first = everything.instances[0]
+    only = ok(post(server, "/segment", bus_png(), model="tiny-segformer", conf=0.0, classes=[first.class_id]))
+    assert [i.class_id for i in only.instances] == [first.class_id]
+    threshold = (everything.instances[0].score + everything.instances[-1].score) / 2
+    above = ok(post(server, "/segment", bus_png(), model="tiny-segformer", conf=threshold))
+    assert [i.class_id for i in above.instances] == [i.class_id for i in everything.instances if i.score >= threshold]
+    assert 0 < len(above.instances) < len(everything.instances)
+
+
 def test_annotate_transformers_results(server: Server) -> None:
     cases = [
         {"task": "detect", "model": "tiny-detr", "conf": 0.0},
