@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import bentoml
-from bentoml.exceptions import ServiceUnavailable
 from bentoml.validators import ContentType
 from fastapi import FastAPI, WebSocket
 from prometheus_client import Gauge
@@ -158,10 +157,7 @@ class YoloToys:
             raise ApiError(exc.status, exc.error, exc.detail) from None
         info = await self.resolve(task, name, options)
         job = InferenceJob(model=info.name, task=task, image=upload.data, options=options, annotate=annotate)
-        try:
-            [outcome] = await self.runners[info.family].to_async.predict([job])
-        except ServiceUnavailable as exc:  # adaptive batching sheds requests it cannot serve in time
-            raise ApiError(503, "overloaded", f"{info.family} runner: {exc}; retry later") from None
+        [outcome] = await self.runners[info.family].to_async.predict([job])
         outcome = Outcome.model_validate(outcome)
         if outcome.error is not None:
             raise ApiError(outcome.status, outcome.error.error, outcome.error.detail)

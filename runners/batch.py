@@ -12,13 +12,39 @@ import os
 import time
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Mapping
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
+
+from bentoml.validators import ContentType
 
 from imaging import DecodedImage, ImageError, decode
-from models.catalog import ModelEntry
+from models.catalog import ModelEntry, RunnerSettings
 from schemas import ErrorBody, InferenceJob, Outcome
 
 log = logging.getLogger("yolo_toys.runners")
+
+def service_config(settings: RunnerSettings) -> dict[str, Any]:
+    """`@bentoml.service` arguments of a family runner: its catalog settings, and what serving costs.
+
+    The front service logs each request and counts it in /metrics; a runner doing it again cost ~5%
+    of the throughput of yolov8n on one CPU core (bench/), so runners do neither (the models' own
+    metrics, e.g. `yolo_toys_model_batch_size`, stay).
+    """
+    return {
+        "workers": settings.workers,
+        "threads": settings.threads,
+        "resources": {"gpu": settings.gpu} if settings.gpu else None,
+        "traffic": {"timeout": 300},
+        # The inter-service client otherwise recycles its connections every 100 requests while
+        # calls are in flight, and some of those calls fail under load (BentoML #5540).
+        "runner_connection": {"max_requests": 10**9, "max_age": 1e9},
+        "logging": {"access": {"enabled": False}},
+        "metrics": {"enabled": False},
+    }
+
+
+# The media type is stated so that BentoML does not derive it from the list's JSON schema, which it
+# otherwise rebuilds for every response (~7 ms of the runner's CPU per request, measured with py-spy).
+Outcomes = Annotated[list[Outcome], ContentType("application/json")]
 
 Member = tuple[int, DecodedImage, float]  # index in the batch, decoded image, decode milliseconds
 

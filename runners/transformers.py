@@ -28,7 +28,8 @@ from prometheus_client import Histogram
 import drawing
 from models.catalog import LABELLED_HF_TASKS, ModelEntry, load_catalog
 from models.store import load_transformers, stored
-from runners.batch import Member, load_all, run_batch
+from runners.batch import Member, Outcomes, load_all, run_batch, service_config
+from runners.batcher import Batcher
 from schemas import (
     Box,
     CaptionResult,
@@ -274,20 +275,14 @@ def to_result(loaded: LoadedHF, job: InferenceJob, raw: Any, image: Image.Image,
 # ---- the service -------------------------------------------------------------------------------
 
 
-@bentoml.service(
-    name="transformers",
-    workers=SETTINGS.workers,
-    threads=SETTINGS.threads,
-    resources={"gpu": SETTINGS.gpu} if SETTINGS.gpu else None,
-    traffic={"timeout": 300},
-    runner_connection={"max_requests": 10**9, "max_age": 1e9},  # see runners/ultralytics.py
-)
+@bentoml.service(name="transformers", **service_config(SETTINGS))
 class TransformersRunner:
     def __init__(self) -> None:
         self.models, self.missing = load_all(
             "transformers", CATALOG.family("transformers"), load,
             lambda m: f"{m.hf_task}, {m.device}, {str(m.dtype).removeprefix('torch.')}",
         )  # fmt: skip
+        self.batcher = Batcher("transformers", self.run, SETTINGS.max_batch_size, SETTINGS.max_latency_ms)
 
     @bentoml.api
     def status(self) -> list[ModelInfo]:
@@ -305,18 +300,18 @@ class TransformersRunner:
             ))  # fmt: skip
         return infos
 
-    @bentoml.api(
-        batchable=True,
-        batch_dim=0,
-        max_batch_size=SETTINGS.max_batch_size,
-        max_latency_ms=SETTINGS.max_latency_ms,
-    )
-    def predict(self, jobs: list[InferenceJob]) -> list[Outcome]:
+    @bentoml.api
+    async def predict(self, jobs: list[InferenceJob]) -> Outcomes:
+        """Queue the jobs for the next batch (runners/batcher.py) and answer when they are done."""
+        return await self.batcher.submit(jobs)
+
+    def run(self, jobs: list[InferenceJob]) -> list[Outcome]:
+        """One batch, on the inference thread."""
         # Equal shapes only: processors pad or refuse mixed sizes (Depth Anything keeps the aspect
         # ratio), and padding would make a result depend on its batch-mates.
         return run_batch(
             jobs, self.models, self.missing, cap=lambda entry: CATALOG.batching(entry).max_batch_size,
-            infer=self._infer, shape_key=lambda loaded, image: image.rgb.shape,
+            infer=self._infer, shape_key=lambda loaded, image: image.shape,
         )  # fmt: skip
 
     def _infer(self, loaded: LoadedHF, jobs: list[InferenceJob], chunk: list[Member], outcomes: list) -> None:

@@ -22,7 +22,8 @@ from prometheus_client import Histogram
 import drawing
 from models.catalog import ModelEntry, load_catalog
 from models.store import stored
-from runners.batch import Member, load_all, run_batch
+from runners.batch import Member, Outcomes, load_all, run_batch, service_config
+from runners.batcher import Batcher
 from schemas import (
     Box,
     Classification,
@@ -201,22 +202,14 @@ def to_result(r: Any, loaded: LoadedModel, job: InferenceJob, timings: Timings) 
 # ---- the service -------------------------------------------------------------------------------
 
 
-@bentoml.service(
-    name="ultralytics",
-    workers=SETTINGS.workers,
-    threads=SETTINGS.threads,
-    resources={"gpu": SETTINGS.gpu} if SETTINGS.gpu else None,
-    traffic={"timeout": 300},
-    # The inter-service client otherwise recycles its connections every 100 requests while
-    # calls are in flight, and some of those calls fail under load (BentoML #5540).
-    runner_connection={"max_requests": 10**9, "max_age": 1e9},
-)
+@bentoml.service(name="ultralytics", **service_config(SETTINGS))
 class UltralyticsRunner:
     def __init__(self) -> None:
         self.models, self.missing = load_all(
             "ultralytics", CATALOG.family("ultralytics"), load,
             lambda m: f"{m.entry.task.value}, {m.format}, {m.device}{' fp16' if m.half else ''}, imgsz {m.imgsz}",
         )  # fmt: skip
+        self.batcher = Batcher("ultralytics", self.run, SETTINGS.max_batch_size, SETTINGS.max_latency_ms)
 
     @bentoml.api
     def status(self) -> list[ModelInfo]:
@@ -234,17 +227,17 @@ class UltralyticsRunner:
             ))  # fmt: skip
         return infos
 
-    @bentoml.api(
-        batchable=True,
-        batch_dim=0,
-        max_batch_size=SETTINGS.max_batch_size,
-        max_latency_ms=SETTINGS.max_latency_ms,
-    )
-    def predict(self, jobs: list[InferenceJob]) -> list[Outcome]:
+    @bentoml.api
+    async def predict(self, jobs: list[InferenceJob]) -> Outcomes:
+        """Queue the jobs for the next batch (runners/batcher.py) and answer when they are done."""
+        return await self.batcher.submit(jobs)
+
+    def run(self, jobs: list[InferenceJob]) -> list[Outcome]:
+        """One batch, on the inference thread."""
         return run_batch(
             jobs, self.models, self.missing, cap=lambda entry: CATALOG.batching(entry).max_batch_size,
             infer=self._infer,
-            shape_key=lambda loaded, image: image.rgb.shape if loaded.rect_letterbox else None,
+            shape_key=lambda loaded, image: image.shape if loaded.rect_letterbox else None,
         )  # fmt: skip
 
     def _infer(
@@ -252,7 +245,7 @@ class UltralyticsRunner:
     ) -> None:
         """One inference call for images that share a model and options; fills their outcomes."""
         opts = jobs[chunk[0][0]].options
-        images = [image.bgr() for _, image, _ in chunk]
+        images = [image.bgr for _, image, _ in chunk]
         with loaded.lock:
             results = loaded.yolo.predict(
                 images,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 import imaging
 from imagefiles import (
@@ -104,7 +104,7 @@ def test_valid_image_is_served_as_rgb_uint8(name: str) -> None:
     assert image.rgb.flags.c_contiguous
     assert (image.width, image.height) == (width, height)
     assert image.format == encoded.format
-    bgr = image.bgr()
+    bgr = image.bgr
     assert bgr.shape == image.rgb.shape and bgr.flags.c_contiguous
     assert np.array_equal(bgr[..., 0], image.rgb[..., 2]) and np.array_equal(bgr[..., 2], image.rgb[..., 0])
 
@@ -247,6 +247,29 @@ def test_one_pixel_image(name: str) -> None:
 
 def test_panorama_keeps_its_aspect() -> None:
     assert decoded("jpeg_panorama").shape == (300, 4000, 3)
+
+
+JPEG_NAMES = sorted(n for n in VALID if imaging.sniff_format(VALID[n]()) == "JPEG")
+
+
+@pytest.mark.parametrize("name", JPEG_NAMES)
+def test_opencv_jpeg_path_equals_pil(name: str) -> None:
+    """The fast path (OpenCV) gives PIL's pixels, orientation included; the rest goes through PIL."""
+    data = VALID[name]()
+    with Image.open(io.BytesIO(data)) as im:
+        fast = imaging._opencv_jpeg(data, im)
+        im.load()
+        reference = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+    if fast is None:
+        assert im.mode != "RGB", f"{name}: a complete colour JPEG should take the OpenCV path"
+        return
+    assert fast.shape == reference.shape
+    assert mean_abs_diff(fast[..., ::-1], reference) < 0.5
+
+
+def test_colour_photos_take_the_opencv_path() -> None:
+    taken = [n for n in JPEG_NAMES if decode(VALID[n]())._pixels.keys() == {"BGR"}]
+    assert "jpeg" in taken and "jpeg_exif_orientation_6" in taken and len(taken) >= 8, taken
 
 
 @pytest.mark.parametrize("name", ["jpeg", "png", "webp", "gif", "png_rgba", "jpeg_exif_orientation_6"])

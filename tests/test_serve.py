@@ -155,7 +155,7 @@ def in_process(weights: Path, image: bytes, **options):
 
     from imaging import decode
 
-    return YOLO(str(weights)).predict(decode(image).bgr(), verbose=False, **options)[0]
+    return YOLO(str(weights)).predict(decode(image).bgr, verbose=False, **options)[0]
 
 
 def assert_boxes_equal(served_xyxy, served_scores, served_cls, r_xyxy, r_conf, r_cls) -> None:
@@ -204,10 +204,8 @@ def test_pretrained_export_equals_in_process(server: Server) -> None:
 
 def test_concurrent_requests_are_batched_per_model(server: Server) -> None:
     image = bus_jpg()
-    with ThreadPoolExecutor(8) as pool:  # the dispatcher learns its latency model on the first calls
-        list(pool.map(lambda _: post(server, "/detect", image).status_code, range(16)))
     before = {m: metric_sum(server, "yolo_toys_model_batch_size", model=m) for m in ("yolo11n", "yolov8n")}
-    adaptive_before = metric_sum(server, "bentoml_service_adaptive_batch_size", runner_name="ultralytics")
+    runner_before = metric_sum(server, "yolo_toys_runner_batch_size", runner="ultralytics")
     models = ["yolo11n", "yolov8n"] * 16
     with ThreadPoolExecutor(16) as pool:
         results = list(pool.map(lambda m: ok(post(server, "/detect", image, model=m)), models))
@@ -222,9 +220,9 @@ def test_concurrent_requests_are_batched_per_model(server: Server) -> None:
         calls += c - before[m][1]
     assert images_sum == len(models)
     assert calls < len(models), "every image went through inference alone: no batching"
-    adaptive = metric_sum(server, "bentoml_service_adaptive_batch_size", runner_name="ultralytics")
-    assert adaptive[0] - adaptive_before[0] == len(models)
-    assert adaptive[1] - adaptive_before[1] < len(models)
+    runner = metric_sum(server, "yolo_toys_runner_batch_size", runner="ultralytics")
+    assert runner[0] - runner_before[0] == len(models)
+    assert runner[1] - runner_before[1] < len(models)
     assert max(r.timings.batch_size for r in results) > 1
 
 
