@@ -15,6 +15,7 @@ from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import aiohttp
 import bentoml
 from bentoml.validators import ContentType
 from fastapi import FastAPI, WebSocket
@@ -79,6 +80,9 @@ Stride = Annotated[int, Field(ge=1, le=1000, description="Process every n-th fra
 MaxFrames = Annotated[int | None, Field(ge=1, le=1_000_000, description="Stop after this many frames.")]
 
 OPEN_STREAMS = Gauge("yolo_toys_open_streams", "Open WebSocket streams.", multiprocess_mode="livesum")
+
+
+RUNNER_CONNECTION_CLOSED = (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError)
 
 
 class ApiError(Exception):
@@ -149,6 +153,24 @@ class YoloToys:
                 raise ApiError(422, "unknown class ids", f"{unknown}; {info.name!r} has ids 0..{max(info.labels)}")
         return info
 
+    async def predict(self, family: str, job: InferenceJob) -> Outcome:
+        """One runner call, sent again once if the pooled connection it went out on was closed.
+
+        A runner's server closes a connection idle for 5 s (uvicorn's default, which BentoML does not
+        let dependencies change); a request written just as that happens fails before the runner
+        reads it (seen in bench/ after an idle pause). Predictions have no side effects.
+        """
+        call = self.runners[family].to_async.predict
+        try:
+            [outcome] = await call([job])
+        except RUNNER_CONNECTION_CLOSED as exc:
+            log.info("%s runner connection closed under the request (%s); sending it again", family, exc)
+            try:
+                [outcome] = await call([job])
+            except RUNNER_CONNECTION_CLOSED as again:
+                raise ApiError(503, "runner unavailable", f"{family} runner: {again}; retry later") from None
+        return Outcome.model_validate(outcome)
+
     async def run(self, task: Task, image: UploadedFile, name: str | None, options: PredictOptions,
                   annotate: bool = False) -> Outcome:
         try:
@@ -157,8 +179,7 @@ class YoloToys:
             raise ApiError(exc.status, exc.error, exc.detail) from None
         info = await self.resolve(task, name, options)
         job = InferenceJob(model=info.name, task=task, image=upload.data, options=options, annotate=annotate)
-        [outcome] = await self.runners[info.family].to_async.predict([job])
-        outcome = Outcome.model_validate(outcome)
+        outcome = await self.predict(info.family, job)
         if outcome.error is not None:
             raise ApiError(outcome.status, outcome.error.error, outcome.error.detail)
         return outcome

@@ -76,10 +76,16 @@ class RunnerSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_batch_size: int = Field(8, ge=1, le=256)
+    gpu_max_batch_size: int | None = Field(
+        None, ge=1, le=256, description="The batch cap when the runner's models run on a GPU (default: max_batch_size)."
+    )
     max_latency_ms: int = Field(10_000, ge=1)
     workers: int = Field(1, ge=1)
     threads: int = Field(1, ge=1)
     gpu: int = Field(1, ge=0, description="GPUs requested; the runner falls back to CPU without one.")
+
+    def batch_cap(self, on_gpu: bool) -> int:
+        return (self.gpu_max_batch_size or self.max_batch_size) if on_gpu else self.max_batch_size
 
 
 class ModelEntry(BaseModel):
@@ -95,11 +101,16 @@ class ModelEntry(BaseModel):
     hf_task: HFTask | None = Field(None, description="transformers family: which Auto* class loads the model.")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     half: Literal["auto", "on", "off"] = Field("auto", description="FP16 on GPU when auto.")
+    export: Literal["engine"] | None = Field(
+        None, description="Ultralytics: export the obtained weights at import (engine: TensorRT FP16, needs CUDA)."
+    )
 
     @model_validator(mode="after")
     def _family_fields(self) -> ModelEntry:
         if (self.family == "transformers") != (self.hf_task is not None):
             raise ValueError("`hf_task` is required for the transformers family and only there")
+        if self.export is not None and self.family != "ultralytics":
+            raise ValueError("`export` is an Ultralytics option")
         if self.hf_task is not None and HF_TASK_SERVES[self.hf_task] != self.task:
             raise ValueError(f"hf_task {self.hf_task} serves task {HF_TASK_SERVES[self.hf_task].value}")
         return self
@@ -139,9 +150,10 @@ class Catalog(BaseModel):
     def runner(self, family: Family) -> RunnerSettings:
         return self.runners.get(family, RunnerSettings())
 
-    def batching(self, entry: ModelEntry) -> BatchingInfo:
+    def batching(self, entry: ModelEntry, on_gpu: bool = False) -> BatchingInfo:
         settings = self.runner(entry.family)
-        size = min(entry.max_batch_size or settings.max_batch_size, settings.max_batch_size)
+        cap = settings.batch_cap(on_gpu)
+        size = min(entry.max_batch_size or cap, cap)
         return BatchingInfo(max_batch_size=size, max_latency_ms=settings.max_latency_ms)
 
 

@@ -146,6 +146,30 @@ def _inspect(entry: ModelEntry, weights: Path) -> dict:
     return {}
 
 
+def _export(entry: ModelEntry, fetched: Fetched, workdir: Path) -> Fetched:
+    """TensorRT FP16 engine with a dynamic batch up to the runner's GPU batch cap, built on this GPU.
+
+    An engine only runs with the GPU model and TensorRT version it was built with: import it on the
+    serving machine. Ultralytics installs `tensorrt` on first use (needs internet).
+    """
+    import torch
+    from ultralytics import YOLO
+
+    if not torch.cuda.is_available():
+        raise SourceUnavailable("TensorRT export needs a CUDA GPU; none is visible here")
+    from models.catalog import load_catalog
+
+    batch = load_catalog().batching(entry, on_gpu=True).max_batch_size
+    work = workdir / f"{entry.name}-export"
+    work.mkdir()
+    weights = shutil.copy2(fetched.path.parent / fetched.entry, work)
+    try:
+        engine = Path(YOLO(str(weights)).export(format="engine", quantize=16, dynamic=True, batch=batch, device=0))
+    except Exception as exc:
+        raise SourceUnavailable(f"TensorRT export failed: {exc}".splitlines()[0]) from None
+    return Fetched(path=engine, entry=engine.name, source=fetched.source)
+
+
 def stored(name: str) -> bentoml.Model | None:
     try:
         return bentoml.models.get(f"{name}:latest")
@@ -162,6 +186,9 @@ def import_model(entry: ModelEntry, *, force: bool = False, progress: Callable[[
                 fetched = (
                     _fetch_local(entry, source) if source.local is not None else _fetch_hub(entry, source, Path(tmp))
                 )
+                if entry.export is not None:
+                    progress(f"{entry.name}: exporting to {entry.export}")
+                    fetched = _export(entry, fetched, Path(tmp))
                 digests = sha256_tree(fetched.path)
                 digest = combined_digest(digests)
                 existing = stored(entry.name)

@@ -151,6 +151,26 @@ def test_batching_caps_model_batch_at_the_runner(tmp_path: Path) -> None:
     assert {catalog.batching(m).max_latency_ms for m in catalog.models} == {1234}
 
 
+def test_gpu_batch_cap_replaces_the_cpu_cap_on_a_gpu(tmp_path: Path) -> None:
+    data = {
+        "runners": {"ultralytics": {"max_batch_size": 8, "gpu_max_batch_size": 32},
+                    "transformers": {"max_batch_size": 4}},
+        "models": [entry("small", max_batch_size=2), entry("unset"),
+                   entry("vit", family="transformers", task="classify", hf_task="image-classification")],
+    }  # fmt: skip
+    catalog = parse_catalog(write(tmp_path, data))
+    on_cpu = {m.name: catalog.batching(m).max_batch_size for m in catalog.models}
+    on_gpu = {m.name: catalog.batching(m, on_gpu=True).max_batch_size for m in catalog.models}
+    assert on_cpu == {"small": 2, "unset": 8, "vit": 4}
+    assert on_gpu == {"small": 2, "unset": 32, "vit": 4}  # no GPU cap: the CPU one
+
+
+def test_export_is_an_ultralytics_option(tmp_path: Path) -> None:
+    bad = entry("vit", family="transformers", task="classify", hf_task="image-classification", export="engine")
+    with pytest.raises(ValidationError, match="Ultralytics option"):
+        parse_catalog(write(tmp_path, {"models": [bad]}))
+
+
 def test_batching_without_runner_settings_uses_the_defaults(tmp_path: Path) -> None:
     catalog = parse_catalog(write(tmp_path, {"models": [entry("big", max_batch_size=100)]}))
     defaults = catalog_module.RunnerSettings()
@@ -392,6 +412,7 @@ def wrong_task_import(test_env: dict[str, str], tmp_path_factory: pytest.TempPat
     data = {"models": [
         entry("ov-as-pose", task="pose", sources=[{"local": "yolov8n_int8_openvino_model"}]),
         entry("pt-as-pose", task="pose", sources=[{"local": random_pt}]),
+        entry("pt-to-engine", export="engine", sources=[{"local": random_pt}]),
     ]}  # fmt: skip
     env = {**test_env, "BENTOML_HOME": str(tmp / "home"), "YOLO_TOYS_CATALOG": str(write(tmp, data))}
     return run_models(env, "import")
@@ -409,6 +430,13 @@ def test_exported_weights_for_another_task_are_skipped(wrong_task_import: subpro
     _, status, reason = row(wrong_task_import, "ov-as-pose").split(None, 2)
     assert status == "skipped"
     assert "detect" in reason and "pose" in reason
+
+
+def test_tensorrt_export_without_a_gpu_is_skipped_with_its_reason(wrong_task_import) -> None:
+    assert wrong_task_import.returncode == 0, wrong_task_import.stdout + wrong_task_import.stderr
+    _, status, reason = row(wrong_task_import, "pt-to-engine").split(None, 2)
+    assert status == "skipped"
+    assert "TensorRT export needs a CUDA GPU" in reason
 
 
 def test_import_with_an_empty_catalog(test_env: dict[str, str], tmp_path: Path) -> None:
