@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | 
 CHROMIUM ?= /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: venv import serve test lint build clean
+.PHONY: venv import serve test lint build bench bench-quick clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,15 @@ test: venv lint $(CHROMIUM)
 
 build: import
 	$(BIN)/bentoml build
+
+## Served vs in-process limit vs a hand-written FastAPI app; writes docs/benchmarks.{md,json} and plots (~20 min).
+## BENCH_ARGS passes options, e.g. BENCH_ARGS="--server-cpus 0-11 --client-cpus 12-15".
+bench: venv
+	YOLO_OFFLINE=1 HF_HUB_OFFLINE=1 $(BIN)/python -m bench $(BENCH_ARGS)
+
+## The regression guard for the hot path: prints the served/limit ratio of yolov8n OpenVINO (~2.5 min).
+bench-quick: venv
+	YOLO_OFFLINE=1 HF_HUB_OFFLINE=1 $(BIN)/python -m bench --quick $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

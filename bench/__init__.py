@@ -1,0 +1,1 @@
+"""Benchmarks: the served endpoint against the model's in-process limit and a hand-written baseline."""

@@ -1,0 +1,60 @@
+"""Start a server pinned to given cores, wait until it answers, and stop its whole process group."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pinned(cpus: str, command: list[str]) -> list[str]:
+    return ["taskset", "-c", cpus, *command]
+
+
+def _ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+@contextmanager
+def serving(command: list[str], env: dict[str, str], cpus: str, ready: str, log: Path,
+            timeout: float = 300) -> Iterator[str]:
+    """Run `command` (with `{port}` filled in) on `cpus`; yield its base URL once `ready` answers 200."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(pinned(cpus, [c.format(port=port) for c in command]), cwd=ROOT, env=env,
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + timeout
+        while not _ready(url + ready):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{command[0]} did not start; see {log}:\n{log.read_text(errors='replace')[-3000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
