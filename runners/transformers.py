@@ -282,7 +282,8 @@ class TransformersRunner:
             "transformers", CATALOG.family("transformers"), load,
             lambda m: f"{m.hf_task}, {m.device}, {str(m.dtype).removeprefix('torch.')}",
         )  # fmt: skip
-        self.batcher = Batcher("transformers", self.run, SETTINGS.max_batch_size, SETTINGS.max_latency_ms)
+        self.on_gpu = any(str(m.device).startswith("cuda") for m in self.models.values())
+        self.batcher = Batcher("transformers", self.run, SETTINGS.batch_cap(self.on_gpu), SETTINGS.max_latency_ms)
 
     @bentoml.api
     def status(self) -> list[ModelInfo]:
@@ -296,7 +297,7 @@ class TransformersRunner:
                 source=m.source if m else None, format="transformers" if m else None,
                 device=m.device if m else None, half=bool(m and m.dtype is not None and m.device != "cpu"),
                 open_vocabulary=entry.hf_task == "zero-shot-object-detection",
-                labels=m.names if m else {}, batching=CATALOG.batching(entry),
+                labels=m.names if m else {}, batching=CATALOG.batching(entry, self.on_gpu),
             ))  # fmt: skip
         return infos
 
@@ -310,7 +311,7 @@ class TransformersRunner:
         # Equal shapes only: processors pad or refuse mixed sizes (Depth Anything keeps the aspect
         # ratio), and padding would make a result depend on its batch-mates.
         return run_batch(
-            jobs, self.models, self.missing, cap=lambda entry: CATALOG.batching(entry).max_batch_size,
+            jobs, self.models, self.missing, cap=lambda entry: CATALOG.batching(entry, self.on_gpu).max_batch_size,
             infer=self._infer, shape_key=lambda loaded, image: image.shape,
         )  # fmt: skip
 

@@ -209,7 +209,8 @@ class UltralyticsRunner:
             "ultralytics", CATALOG.family("ultralytics"), load,
             lambda m: f"{m.entry.task.value}, {m.format}, {m.device}{' fp16' if m.half else ''}, imgsz {m.imgsz}",
         )  # fmt: skip
-        self.batcher = Batcher("ultralytics", self.run, SETTINGS.max_batch_size, SETTINGS.max_latency_ms)
+        self.on_gpu = any(str(m.device).startswith("cuda") for m in self.models.values())
+        self.batcher = Batcher("ultralytics", self.run, SETTINGS.batch_cap(self.on_gpu), SETTINGS.max_latency_ms)
 
     @bentoml.api
     def status(self) -> list[ModelInfo]:
@@ -223,7 +224,7 @@ class UltralyticsRunner:
                 source=m.source if m else None, format=m.format if m else None,
                 device=m.device if m else None, half=m.half if m else False,
                 imgsz=m.imgsz if m else None, fixed_imgsz=m.fixed_imgsz if m else False,
-                labels=m.names if m else {}, batching=CATALOG.batching(entry),
+                labels=m.names if m else {}, batching=CATALOG.batching(entry, self.on_gpu),
             ))  # fmt: skip
         return infos
 
@@ -235,7 +236,7 @@ class UltralyticsRunner:
     def run(self, jobs: list[InferenceJob]) -> list[Outcome]:
         """One batch, on the inference thread."""
         return run_batch(
-            jobs, self.models, self.missing, cap=lambda entry: CATALOG.batching(entry).max_batch_size,
+            jobs, self.models, self.missing, cap=lambda entry: CATALOG.batching(entry, self.on_gpu).max_batch_size,
             infer=self._infer,
             shape_key=lambda loaded, image: image.shape if loaded.rect_letterbox else None,
         )  # fmt: skip
