@@ -22,6 +22,9 @@ from schemas import ErrorBody, InferenceJob, Outcome
 
 log = logging.getLogger("yolo_toys.runners")
 
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)  # the batch-size histograms' buckets
+
+
 def service_config(settings: RunnerSettings) -> dict[str, Any]:
     """`@bentoml.service` arguments of a family runner: its catalog settings, and what serving costs.
 

@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from prometheus_client import Histogram
 
+from runners.batch import BATCH_BUCKETS
 from schemas import ErrorBody, InferenceJob, Outcome
 
 log = logging.getLogger("yolo_toys.runners")
@@ -27,7 +28,7 @@ RUNNER_BATCH = Histogram(
     "yolo_toys_runner_batch_size",
     "Requests per batch a runner takes from its queue (before the batch is split per model).",
     ["runner"],
-    buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64),
+    buckets=BATCH_BUCKETS,
 )
 
 Run = Callable[[list[InferenceJob]], list[Outcome]]

@@ -28,7 +28,7 @@ from prometheus_client import Histogram
 import drawing
 from models.catalog import LABELLED_HF_TASKS, ModelEntry, load_catalog
 from models.store import load_transformers, stored
-from runners.batch import Member, Outcomes, load_all, run_batch, service_config
+from runners.batch import BATCH_BUCKETS, Member, Outcomes, load_all, run_batch, service_config
 from runners.batcher import Batcher
 from schemas import (
     Box,
@@ -60,7 +60,7 @@ MODEL_BATCH = Histogram(
     "yolo_toys_transformers_batch_size",
     "Images per transformers inference call, per model.",
     ["model"],
-    buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64),
+    buckets=BATCH_BUCKETS,
 )
 
 

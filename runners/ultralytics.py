@@ -22,7 +22,7 @@ from prometheus_client import Histogram
 import drawing
 from models.catalog import ModelEntry, load_catalog
 from models.store import stored
-from runners.batch import Member, Outcomes, load_all, run_batch, service_config
+from runners.batch import BATCH_BUCKETS, Member, Outcomes, load_all, run_batch, service_config
 from runners.batcher import Batcher
 from schemas import (
     Box,
@@ -61,7 +61,7 @@ MODEL_BATCH = Histogram(
     "yolo_toys_model_batch_size",
     "Images per inference call, per model (after the adaptive batch is split per model).",
     ["model"],
-    buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64),
+    buckets=BATCH_BUCKETS,
 )
 
 
