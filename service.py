@@ -153,7 +153,7 @@ class YoloToys:
                 raise ApiError(422, "unknown class ids", f"{unknown}; {info.name!r} has ids 0..{max(info.labels)}")
         return info
 
-    async def predict(self, family: str, job: InferenceJob) -> Outcome:
+    async def call_runner(self, family: str, job: InferenceJob) -> Outcome:
         """One runner call, sent again once if the pooled connection it went out on was closed.
 
         A runner's server closes a connection idle for 5 s (uvicorn's default, which BentoML does not
@@ -179,7 +179,7 @@ class YoloToys:
             raise ApiError(exc.status, exc.error, exc.detail) from None
         info = await self.resolve(task, name, options)
         job = InferenceJob(model=info.name, task=task, image=upload.data, options=options, annotate=annotate)
-        outcome = await self.predict(info.family, job)
+        outcome = await self.call_runner(info.family, job)
         if outcome.error is not None:
             raise ApiError(outcome.status, outcome.error.error, outcome.error.detail)
         return outcome
