@@ -25,7 +25,7 @@ from bench.limit import LimitPoint
 from bench.loadgen import Point, Upload, closed_loop, prime
 from bench.photos import photos
 from bench.servers import pinned, serving
-from bench.setup import BY_NAME, MODELS, ROOT, prepare, weights
+from bench.setup import BY_NAME, MODELS, ROOT, prepare
 
 BIN = Path(sys.executable).parent
 
@@ -38,8 +38,8 @@ def split_cores(server: str | None, client: str | None) -> tuple[str, str]:
     if len(cores) < 2:
         raise SystemExit("the benchmark needs at least 2 cores: one for the server, one for the load")
     n_client = max(1, len(cores) // 4)
-    join = lambda cs: ",".join(map(str, cs))  # noqa: E731
-    return server or join(cores[:-n_client]), client or join(cores[-n_client:])
+    server_cores, client_cores = cores[:-n_client], cores[-n_client:]
+    return server or ",".join(map(str, server_cores)), client or ",".join(map(str, client_cores))
 
 
 def cpu_set(spec: str) -> set[int]:
@@ -50,10 +50,10 @@ def cpu_set(spec: str) -> set[int]:
     return cpus
 
 
-def machine(server_cpus: str, client_cpus: str) -> dict:
+def machine(server_cpus: str, client_cpus: str, gpu: bool) -> dict:
     model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                   if line.startswith("model name")), platform.processor())  # fmt: skip
-    gpu = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout.strip() if has_gpu() else ""
+    gpu_names = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout.strip() if gpu else ""
     versions = subprocess.run(
         [sys.executable, "-c", "import bentoml, torch, ultralytics, openvino, transformers as t; "
          "print(bentoml.__version__, torch.__version__, ultralytics.__version__, openvino.__version__, t.__version__)"],
@@ -62,7 +62,7 @@ def machine(server_cpus: str, client_cpus: str) -> dict:
     mem_kb = int(next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
                       if line.startswith("MemTotal")))  # fmt: skip
     return {
-        "cpu": model, "cores": os.cpu_count(), "memory_gb": round(mem_kb / 2**20, 1), "gpu": gpu or None,
+        "cpu": model, "cores": os.cpu_count(), "memory_gb": round(mem_kb / 2**20, 1), "gpu": gpu_names or None,
         "server_cpus": server_cpus, "client_cpus": client_cpus, "python": platform.python_version(),
         "versions": dict(zip(["bentoml", "torch", "ultralytics", "openvino", "transformers"], versions, strict=False)),
     }  # fmt: skip
@@ -129,12 +129,11 @@ def main() -> None:
     started = datetime.datetime.now(datetime.timezone.utc)
     log(f"server cores {server_cpus}, load-generator cores {client_cpus}; models {names}; concurrency {levels}")
 
-    env = prepare(args.work, names)
-    paths = weights(args.work)
+    env, paths = prepare(args.work, names)
     results: dict = {
         "date": started.isoformat(timespec="seconds"),
         "command": "python -m bench " + shlex.join(sys.argv[1:]),
-        "machine": machine(server_cpus, client_cpus),
+        "machine": machine(server_cpus, client_cpus, gpu),
         "settings": {"seconds": seconds, "warmup": args.warmup, "concurrency": levels, "batches": batches},
         "models": {n: {"label": BY_NAME[n].label, "route": BY_NAME[n].route} for n in names},
     }

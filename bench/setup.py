@@ -87,8 +87,11 @@ def catalog(paths: dict[str, Path], names: list[str]) -> dict:
     return {"runners": shipped["runners"], "models": models}
 
 
-def prepare(work: Path, names: list[str]) -> dict[str, str]:
-    """Build the models, write the catalog, import it into a private store; return the servers' environment."""
+def prepare(work: Path, names: list[str]) -> tuple[dict[str, str], dict[str, Path]]:
+    """Build the models, write the catalog, import it into a private store.
+
+    Returns the servers' environment and each model's weights path.
+    """
     paths = weights(work)
     catalog_file = work / "catalog.yaml"
     catalog_file.write_text(yaml.safe_dump(catalog(paths, names), sort_keys=False))
@@ -103,4 +106,4 @@ def prepare(work: Path, names: list[str]) -> dict[str, str]:
     }
     subprocess.run([sys.executable, "-m", "models", "import", *names], cwd=ROOT, env=env, check=True,
                    stdout=subprocess.DEVNULL)  # fmt: skip
-    return env
+    return env, paths

@@ -21,7 +21,7 @@ from typing import Any
 import bentoml
 from bentoml.exceptions import NotFound
 
-from models.catalog import HF_AUTO_CLASS, LABELLED_HF_TASKS, ModelEntry, Source, weights_dir
+from models.catalog import HF_AUTO_CLASS, LABELLED_HF_TASKS, ModelEntry, Source, load_catalog, weights_dir
 
 log = logging.getLogger("yolo_toys.models")
 
@@ -157,8 +157,6 @@ def _export(entry: ModelEntry, fetched: Fetched, workdir: Path) -> Fetched:
 
     if not torch.cuda.is_available():
         raise SourceUnavailable("TensorRT export needs a CUDA GPU; none is visible here")
-    from models.catalog import load_catalog
-
     batch = load_catalog().batching(entry, on_gpu=True).max_batch_size
     work = workdir / f"{entry.name}-export"
     work.mkdir()

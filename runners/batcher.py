@@ -19,8 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from prometheus_client import Histogram
 
-from runners.batch import BATCH_BUCKETS
-from schemas import ErrorBody, InferenceJob, Outcome
+from runners.batch import BATCH_BUCKETS, error
+from schemas import InferenceJob, Outcome
 
 log = logging.getLogger("yolo_toys.runners")
 
@@ -67,7 +67,7 @@ class Batcher:
             waited = now - queued
             if waited > self.max_latency_s:
                 detail = f"waited {waited:.1f} s in the {self.name} queue; the limit is {self.max_latency_s:g} s"
-                future.set_result(Outcome(status=503, error=ErrorBody(error="overloaded", detail=detail)))
+                future.set_result(error(503, "overloaded", detail))
                 continue
             batch.append((job, future))
         return batch
@@ -88,8 +88,7 @@ class Batcher:
                 outcomes = await loop.run_in_executor(self._executor, self.run, [job for job, _ in batch])
             except Exception:
                 log.exception("%s batch of %d failed", self.name, len(batch))
-                failed = Outcome(status=500, error=ErrorBody(error="internal error", detail="inference failed"))
-                outcomes = [failed] * len(batch)
+                outcomes = [error(500, "internal error", "inference failed")] * len(batch)
             for (_, future), outcome in zip(batch, outcomes, strict=True):
                 if not future.done():
                     future.set_result(outcome)
