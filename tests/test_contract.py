@@ -67,3 +67,14 @@ def test_models_and_openapi(client: TestClient) -> None:
     assert {"/detect", "/segment", "/pose", "/classify", "/obb", "/annotate", "/models"} <= set(spec["paths"])
     image_field = spec["paths"]["/detect"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert image_field
+
+
+def test_runner_answers_state_their_media_type(in_process_env) -> None:
+    """Without it BentoML rebuilds the JSON schema of the answer list on every response (docs/performance.md)."""
+    from runners.transformers import TransformersRunner
+    from runners.ultralytics import UltralyticsRunner
+
+    for runner in (UltralyticsRunner, TransformersRunner):
+        spec = runner.apis["predict"].output_spec
+        assert spec.media_type == "application/json"
+        assert spec.mime_type() == "application/json"
