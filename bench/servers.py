@@ -21,8 +21,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def pinned(cpus: str, command: list[str]) -> list[str]:
-    return ["taskset", "-c", cpus, *command]
+def pinned(cpus: str | None, command: list[str]) -> list[str]:
+    """`command` on the given cores (`taskset`), or on any core when `cpus` is None."""
+    return command if cpus is None else ["taskset", "-c", cpus, *command]
 
 
 def _ready(url: str) -> bool:
@@ -34,7 +35,7 @@ def _ready(url: str) -> bool:
 
 
 @contextmanager
-def serving(command: list[str], env: dict[str, str], cpus: str, ready: str, log: Path,
+def serving(command: list[str], env: dict[str, str], cpus: str | None, ready: str, log: Path,
             timeout: float = 300) -> Iterator[str]:
     """Run `command` (with `{port}` filled in) on `cpus`; yield its base URL once `ready` answers 200."""
     port = free_port()

@@ -17,10 +17,8 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from models.catalog import DEFAULT_CATALOG, weights_dir  # noqa: E402
+from models.catalog import DEFAULT_CATALOG, weights_dir
+from yolo_toys.settings import PROJECT_ROOT as ROOT
 
 
 @dataclass(frozen=True)

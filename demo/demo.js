@@ -10,7 +10,7 @@ const PENDING_TIMEOUT_MS = 10000; // forget a frame never answered (lost, or dro
 const KEYPOINT_MIN_SCORE = 0.3;
 const MAX_ERRORS_SHOWN = 50;
 const MAX_ERRORS_KEPT = 500;
-const TRACKED_TASKS = ["detect", "segment", "pose"]; // the server tracks these (streaming.py)
+const TRACKED_TASKS = ["detect", "segment", "pose"]; // the server tracks these (yolo_toys/tasks.py)
 
 const KEYPOINT_NAMES = [
   "nose", "left_eye", "right_eye", "left_ear", "right_ear",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Callable
 
 from tqdm import tqdm
 
@@ -22,14 +23,20 @@ def _import(names: list[str], force: bool) -> int:
     entries = [catalog.get(n) for n in names] if names else catalog.models
     print(f"weights directory: {weights_dir() or '(none)'}")
     outcomes = []
-    with tqdm(entries, unit="model", desc="importing", file=sys.stderr) as bar:
-        for entry in bar:
-            bar.set_postfix_str(entry.name)
-            outcomes.append(import_model(entry, force=force, progress=bar.set_postfix_str))
+    # A bar on a terminal; one line per step in a log file, where a bar's redraws would run together.
+    with tqdm(entries, unit="model", desc="importing", file=sys.stderr, disable=not sys.stderr.isatty()) as bar:
+        for i, entry in enumerate(bar, 1):
+            progress = bar.set_postfix_str if sys.stderr.isatty() else _line(f"importing {i}/{len(entries)}")
+            progress(entry.name)
+            outcomes.append(import_model(entry, catalog.family_module(entry.family), force=force, progress=progress))
     width = max((len(o.name) for o in outcomes), default=0)
     for o in outcomes:
         print(f"{o.name:<{width}}  {o.status:<10}  {o.tag or ''}  {o.detail}")
     return 0
+
+
+def _line(prefix: str) -> Callable[[str], None]:
+    return lambda message: print(f"{prefix} {message}", file=sys.stderr, flush=True)
 
 
 def _list() -> int:

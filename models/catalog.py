@@ -2,53 +2,22 @@
 
 from __future__ import annotations
 
-import os
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from schemas import BatchingInfo, Task
+from yolo_toys.schemas import BatchingInfo, Task
+from yolo_toys.settings import DEFAULT_CATALOG, PROJECT_ROOT, settings
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CATALOG = Path(__file__).resolve().parent / "catalog.yaml"
+if TYPE_CHECKING:
+    from runners.family import Family
 
-Family = Literal["ultralytics", "transformers"]
-HFTask = Literal[
-    "object-detection",
-    "zero-shot-object-detection",
-    "image-classification",
-    "zero-shot-image-classification",
-    "image-captioning",
-    "visual-question-answering",
-    "depth-estimation",
-    "semantic-segmentation",
-]
-HF_TASK_SERVES: dict[str, Task] = {
-    "object-detection": Task.detect,
-    "zero-shot-object-detection": Task.detect,
-    "image-classification": Task.classify,
-    "zero-shot-image-classification": Task.zero_shot_classify,
-    "image-captioning": Task.caption,
-    "visual-question-answering": Task.vqa,
-    "depth-estimation": Task.depth,
-    "semantic-segmentation": Task.segment,
-}
-# The transformers Auto* class that loads each hf_task (transformers 5.x names).
-HF_AUTO_CLASS: dict[str, str] = {
-    "object-detection": "AutoModelForObjectDetection",
-    "zero-shot-object-detection": "AutoModelForZeroShotObjectDetection",
-    "image-classification": "AutoModelForImageClassification",
-    "zero-shot-image-classification": "AutoModelForZeroShotImageClassification",
-    "image-captioning": "AutoModelForImageTextToText",
-    "visual-question-answering": "AutoModelForVisualQuestionAnswering",
-    "depth-estimation": "AutoModelForDepthEstimation",
-    "semantic-segmentation": "AutoModelForSemanticSegmentation",
-}
-LABELLED_HF_TASKS = {"object-detection", "image-classification", "semantic-segmentation"}
+__all__ = ["DEFAULT_CATALOG", "PROJECT_ROOT", "Catalog", "ModelEntry", "RunnerSettings", "Source", "load_catalog"]
+
 _STORE_NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$")
 
 
@@ -75,6 +44,9 @@ class RunnerSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    module: str | None = Field(
+        None, description="The family's module (default: runners.<family>); it defines `FAMILY` (runners/family.py)."
+    )
     max_batch_size: int = Field(8, ge=1, le=256)
     gpu_max_batch_size: int | None = Field(
         None, ge=1, le=256, description="The batch cap when the runner's models run on a GPU (default: max_batch_size)."
@@ -92,27 +64,32 @@ class ModelEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(max_length=63, description="Catalog and model-store name.")
-    family: Family
+    family: str = Field(description="The family whose runner serves the model (runners/<family>.py).")
     task: Task
     default: bool = False
     description: str = ""
     sources: list[Source] = Field(min_length=1)
     max_batch_size: int | None = Field(None, ge=1, description="Cap below the runner's batch size.")
-    hf_task: HFTask | None = Field(None, description="transformers family: which Auto* class loads the model.")
+    hf_task: str | None = Field(
+        None, description="transformers family: the task handler, and the Auto* class that loads the model.",
+        json_schema_extra={"family": "transformers"},
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     half: Literal["auto", "on", "off"] = Field("auto", description="FP16 on GPU when auto.")
     export: Literal["engine"] | None = Field(
-        None, description="Ultralytics: export the obtained weights at import (engine: TensorRT FP16, needs CUDA)."
+        None, description="Ultralytics: export the obtained weights at import (engine: TensorRT FP16, needs CUDA).",
+        json_schema_extra={"family": "ultralytics"},
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Settings of the model's family, checked by the family (a new family's own)."
     )
 
     @model_validator(mode="after")
     def _family_fields(self) -> ModelEntry:
-        if (self.family == "transformers") != (self.hf_task is not None):
-            raise ValueError("`hf_task` is required for the transformers family and only there")
-        if self.export is not None and self.family != "ultralytics":
-            raise ValueError("`export` is an Ultralytics option")
-        if self.hf_task is not None and HF_TASK_SERVES[self.hf_task] != self.task:
-            raise ValueError(f"hf_task {self.hf_task} serves task {HF_TASK_SERVES[self.hf_task].value}")
+        for name, info in type(self).model_fields.items():
+            owner = (info.json_schema_extra or {}).get("family") if isinstance(info.json_schema_extra, dict) else None
+            if owner is not None and owner != self.family and getattr(self, name) is not None:
+                raise ValueError(f"`{name}` is an option of the {owner} family only")
         return self
 
     @field_validator("name")
@@ -126,7 +103,7 @@ class ModelEntry(BaseModel):
 class Catalog(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    runners: dict[Family, RunnerSettings] = Field(default_factory=dict)
+    runners: dict[str, RunnerSettings] = Field(default_factory=dict)
     models: list[ModelEntry]
 
     @model_validator(mode="after")
@@ -139,35 +116,54 @@ class Catalog(BaseModel):
             defaults = [m.name for m in self.models if m.task == task and m.default]
             if len(defaults) > 1:
                 raise ValueError(f"more than one default model for {task.value}: {defaults}")
+        for entry in self.models:
+            self.family_module(entry.family).check_entry(entry)
+        for family in self.runners:
+            self.family_module(family)
         return self
 
     def get(self, name: str) -> ModelEntry | None:
         return next((m for m in self.models if m.name == name), None)
 
-    def family(self, family: Family) -> list[ModelEntry]:
+    def family(self, family: str) -> list[ModelEntry]:
         return [m for m in self.models if m.family == family]
 
-    def runner(self, family: Family) -> RunnerSettings:
+    def families(self) -> list[str]:
+        """Every family the catalog uses, in order of first mention: one runner service each."""
+        return list(dict.fromkeys([*self.runners, *(m.family for m in self.models)]))
+
+    def runner(self, family: str) -> RunnerSettings:
         return self.runners.get(family, RunnerSettings())
 
+    def family_module(self, family: str) -> Family:
+        """The family's `FAMILY` object, from `runners.<family>` or the module the runner settings name."""
+        from runners.family import load_family
+
+        module = self.runner(family).module or f"runners.{family}"
+        try:
+            found = load_family(module)
+        except ModuleNotFoundError as exc:
+            if exc.name == module or module.startswith(f"{exc.name}."):
+                raise ValueError(f"unknown family {family!r}: no module {module}") from None
+            raise
+        if found.name != family:
+            raise ValueError(f"{module} defines the {found.name!r} family, not {family!r}")
+        return found
+
     def batching(self, entry: ModelEntry, on_gpu: bool = False) -> BatchingInfo:
-        settings = self.runner(entry.family)
-        cap = settings.batch_cap(on_gpu)
+        runner = self.runner(entry.family)
+        cap = runner.batch_cap(on_gpu)
         size = min(entry.max_batch_size or cap, cap)
-        return BatchingInfo(max_batch_size=size, max_latency_ms=settings.max_latency_ms)
+        return BatchingInfo(max_batch_size=size, max_latency_ms=runner.max_latency_ms)
 
 
 def catalog_path() -> Path:
-    return Path(os.environ.get("YOLO_TOYS_CATALOG") or DEFAULT_CATALOG)
+    return settings().catalog
 
 
 def weights_dir() -> Path | None:
     """$YOLO_TOYS_WEIGHTS, else ../shared/weights beside the project when it exists."""
-    configured = os.environ.get("YOLO_TOYS_WEIGHTS")
-    if configured:
-        return Path(configured).expanduser().resolve()
-    shared = PROJECT_ROOT.parent / "shared" / "weights"
-    return shared if shared.is_dir() else None
+    return settings().weights
 
 
 def parse_catalog(path: Path) -> Catalog:

@@ -1,127 +1,109 @@
-"""What every family runner shares: loading its catalog models, and the adaptive-batch loop.
-
-A batch mixes requests for several models and options. Each request is checked and decoded once;
-requests that can share one inference call are grouped; each group runs in chunks no larger than
-its model's batch cap; a failure answers only the requests it concerns.
+"""One adaptive batch, on the inference thread: check and decode each request once, group the
+requests that can share an inference call, and run each group in chunks no larger than its model's
+batch cap. A failure answers only the requests it concerns.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Mapping
-from typing import Annotated, Any, Protocol
+from typing import Any, Protocol
 
-from bentoml.validators import ContentType
+from prometheus_client import Histogram
 
-from imaging import DecodedImage, ImageError, decode
-from models.catalog import ModelEntry, RunnerSettings
-from schemas import ErrorBody, InferenceJob, Outcome
+from yolo_toys.errors import ServiceError
+from yolo_toys.imaging import DecodedImage, decode
+from yolo_toys.schemas import ErrorBody, InferenceJob, Outcome
 
 log = logging.getLogger("yolo_toys.runners")
 
-BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)  # the batch-size histograms' buckets
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
 
 
-def service_config(settings: RunnerSettings) -> dict[str, Any]:
-    """`@bentoml.service` arguments of a family runner: its catalog settings, and what serving costs.
-
-    The front service logs each request and counts it in /metrics; a runner doing it again cost ~5%
-    of the throughput of yolov8n on one CPU core (bench/), so runners do neither (the models' own
-    metrics, e.g. `yolo_toys_model_batch_size`, stay).
-    """
-    return {
-        "workers": settings.workers,
-        "threads": settings.threads,
-        "resources": {"gpu": settings.gpu} if settings.gpu else None,
-        "traffic": {"timeout": 300},
-        # The inter-service client otherwise recycles its connections every 100 requests while
-        # calls are in flight, and some of those calls fail under load (BentoML #5540).
-        "runner_connection": {"max_requests": 10**9, "max_age": 1e9},
-        "logging": {"access": {"enabled": False}},
-        "metrics": {"enabled": False},
-    }
+def _batch_sizes(name: str, documentation: str, label: str) -> Histogram:
+    return Histogram(name, documentation, [label], buckets=BATCH_BUCKETS)
 
 
-# The media type is stated so that BentoML does not derive it from the list's JSON schema, which it
-# otherwise rebuilds for every response (~7 ms of the runner's CPU per request, measured with py-spy).
-Outcomes = Annotated[list[Outcome], ContentType("application/json")]
+RUNNER_BATCH = _batch_sizes("yolo_toys_runner_batch_size",
+                            "Requests per batch a runner takes from its queue (before the batch is split per model).",
+                            "runner")  # fmt: skip
+MODEL_BATCH = _batch_sizes("yolo_toys_model_batch_size",
+                           "Images per inference call, per model (after the adaptive batch is split per model).",
+                           "model")  # fmt: skip
 
 Member = tuple[int, DecodedImage, float]  # index in the batch, decoded image, decode milliseconds
 
 
 class Loaded(Protocol):
-    entry: ModelEntry
+    entry: Any
 
 
-def load_all(
-    family: str, entries: list[ModelEntry], load: Callable[[ModelEntry], Any], describe: Callable[[Any], str]
-) -> tuple[dict[str, Any], dict[str, str]]:
-    """Load every model of a family once; a model that fails is left out with a one-line reason."""
-    models: dict[str, Any] = {}
-    missing: dict[str, str] = {}
-    for entry in entries:
-        started = time.perf_counter()
+def failed(exc: ServiceError) -> Outcome:
+    """A runner's answer that the front turns back into `exc`."""
+    return Outcome(status=exc.status, error=ErrorBody(error=exc.error, detail=exc.detail))
+
+
+def _member(job: InferenceJob, loaded: Loaded | None, missing: Mapping[str, str], index: int) -> Member:
+    if loaded is None:
+        raise ServiceError(404, "model not loaded", missing.get(job.model, f"unknown model {job.model!r}"))
+    if loaded.entry.task != job.task:
+        raise ServiceError(422, "wrong task for model", f"{job.model} serves {loaded.entry.task.value}")
+    started = time.perf_counter()
+    image = decode(job.image)
+    return index, image, (time.perf_counter() - started) * 1000
+
+
+Infer = Callable[[Any, list[InferenceJob], list[Member], list[Outcome | None]], None]
+
+
+def _groups(jobs: list[InferenceJob], models: Mapping[str, Loaded], missing: Mapping[str, str],
+            group_key: Callable[[Any, DecodedImage], Hashable], outcomes: list[Outcome | None]) -> dict[tuple, list[Member]]:  # fmt: skip
+    """Decoded members by what must be equal within one inference call; refused jobs get their outcome."""
+    groups: dict[tuple, list[Member]] = defaultdict(list)
+    for i, job in enumerate(jobs):
+        loaded = models.get(job.model)
         try:
-            models[entry.name] = load(entry)
-        except Exception as exc:
-            missing[entry.name] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            log.warning("model %s not loaded: %s", entry.name, missing[entry.name])
+            member = _member(job, loaded, missing, i)
+        except ServiceError as exc:
+            outcomes[i] = failed(exc)
             continue
-        log.info("loaded %s (%s) in %.1f s", entry.name, describe(models[entry.name]), time.perf_counter() - started)
-    log.info("%s runner ready (pid %d): %s; missing: %s", family, os.getpid(),
-             ", ".join(models) or "none", ", ".join(missing) or "none")  # fmt: skip
-    return models, missing
+        groups[(job.model, job.options.model_dump_json(exclude={"top_k"}), group_key(loaded, member[1]))].append(member)
+    return groups
 
 
-def error(status: int, error: str, detail: str) -> Outcome:
-    return Outcome(status=status, error=ErrorBody(error=error, detail=detail))
+def _run_chunk(infer: Infer, loaded: Loaded, jobs: list[InferenceJob], chunk: list[Member],
+               outcomes: list[Outcome | None]) -> None:  # fmt: skip
+    try:
+        infer(loaded, jobs, chunk, outcomes)
+    except ServiceError as exc:  # the family refuses these inputs (e.g. an image shape the model cannot take)
+        log.info("%s refused %d image(s): %s", loaded.entry.name, len(chunk), exc)
+        for i, _, _ in chunk:
+            outcomes[i] = failed(exc)
+    except Exception as exc:  # a model failure answers its own requests, never the batch
+        log.exception("inference failed for %s on %d image(s)", loaded.entry.name, len(chunk))
+        for i, _, _ in chunk:
+            outcomes[i] = failed(ServiceError(500, "inference failed", f"{type(exc).__name__}: {exc}"))
 
 
 def run_batch(
     jobs: list[InferenceJob],
     models: Mapping[str, Loaded],
     missing: Mapping[str, str],
-    cap: Callable[[ModelEntry], int],
-    infer: Callable[[Any, list[InferenceJob], list[Member], list[Outcome | None]], None],
-    shape_key: Callable[[Any, DecodedImage], Hashable] = lambda loaded, image: None,
+    cap: Callable[[Any], int],
+    infer: Infer,
+    group_key: Callable[[Any, DecodedImage], Hashable] = lambda loaded, image: None,
 ) -> list[Outcome]:
     """Check, decode and group `jobs`, call `infer` once per chunk, and return one outcome per job.
 
     `infer(loaded, jobs, chunk, outcomes)` fills `outcomes[i]` for each member `i` of the chunk.
-    `shape_key` adds to the grouping whatever else must be equal within one call (an image shape).
+    `group_key` adds to the grouping whatever else must be equal within one call (an image shape).
     """
     outcomes: list[Outcome | None] = [None] * len(jobs)
-    groups: dict[tuple, list[Member]] = defaultdict(list)
-    for i, job in enumerate(jobs):
-        loaded = models.get(job.model)
-        if loaded is None:
-            outcomes[i] = error(404, "model not loaded", missing.get(job.model, f"unknown model {job.model!r}"))
-            continue
-        if loaded.entry.task != job.task:
-            outcomes[i] = error(422, "wrong task for model", f"{job.model} serves {loaded.entry.task.value}")
-            continue
-        started = time.perf_counter()
-        try:
-            image = decode(job.image)
-        except ImageError as exc:
-            outcomes[i] = error(exc.status, exc.error, exc.detail)
-            continue
-        decode_ms = (time.perf_counter() - started) * 1000
-        key = (job.model, job.options.model_dump_json(exclude={"top_k"}), shape_key(loaded, image))
-        groups[key].append((i, image, decode_ms))
-
-    for (model_name, _, _), members in groups.items():
+    for (model_name, _, _), members in _groups(jobs, models, missing, group_key, outcomes).items():
         loaded = models[model_name]
         size = cap(loaded.entry)
         for start in range(0, len(members), size):
-            chunk = members[start : start + size]
-            try:
-                infer(loaded, jobs, chunk, outcomes)
-            except Exception as exc:  # a model failure answers its own requests, never the batch
-                log.exception("inference failed for %s on %d image(s)", model_name, len(chunk))
-                for i, _, _ in chunk:
-                    outcomes[i] = error(500, "inference failed", f"{type(exc).__name__}: {exc}")
-    return [o if o is not None else error(500, "internal error", "no outcome") for o in outcomes]
+            _run_chunk(infer, loaded, jobs, members[start : start + size], outcomes)
+    return [o if o is not None else failed(ServiceError(500, "internal error", "no outcome")) for o in outcomes]

@@ -17,19 +17,11 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from prometheus_client import Histogram
-
-from runners.batch import BATCH_BUCKETS, error
-from schemas import InferenceJob, Outcome
+from runners.batch import RUNNER_BATCH, failed
+from yolo_toys.errors import ServiceError
+from yolo_toys.schemas import InferenceJob, Outcome
 
 log = logging.getLogger("yolo_toys.runners")
-
-RUNNER_BATCH = Histogram(
-    "yolo_toys_runner_batch_size",
-    "Requests per batch a runner takes from its queue (before the batch is split per model).",
-    ["runner"],
-    buckets=BATCH_BUCKETS,
-)
 
 Run = Callable[[list[InferenceJob]], list[Outcome]]
 
@@ -67,7 +59,7 @@ class Batcher:
             waited = now - queued
             if waited > self.max_latency_s:
                 detail = f"waited {waited:.1f} s in the {self.name} queue; the limit is {self.max_latency_s:g} s"
-                future.set_result(error(503, "overloaded", detail))
+                future.set_result(failed(ServiceError(503, "overloaded", detail)))
                 continue
             batch.append((job, future))
         return batch
@@ -88,7 +80,7 @@ class Batcher:
                 outcomes = await loop.run_in_executor(self._executor, self.run, [job for job, _ in batch])
             except Exception:
                 log.exception("%s batch of %d failed", self.name, len(batch))
-                outcomes = [error(500, "internal error", "inference failed")] * len(batch)
+                outcomes = [failed(ServiceError(500, "internal error", "inference failed"))] * len(batch)
             for (_, future), outcome in zip(batch, outcomes, strict=True):
                 if not future.done():
                     future.set_result(outcome)

@@ -8,25 +8,23 @@ weights, and BentoML's home is a temporary directory so the user's model store i
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from bench.servers import serving as bench_serving
+from models.catalog import DEFAULT_CATALOG, weights_dir
+from yolo_toys.settings import settings
 
+ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-from models.catalog import DEFAULT_CATALOG, weights_dir  # noqa: E402
 
 SHARED_WEIGHTS = weights_dir()
 RANDOM_MODELS = {"rand-yolov8n": ("yolov8n.yaml", "detect"), "rand-yolov8n-obb": ("yolov8n-obb.yaml", "obb")}
@@ -42,12 +40,6 @@ def zidane_jpg() -> bytes:
     from ultralytics.utils import ASSETS
 
     return (ASSETS / "zidane.jpg").read_bytes()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def build_random_weights(directory: Path) -> dict[str, Path]:
@@ -133,17 +125,19 @@ def in_process_env(test_env: dict[str, str], imported: subprocess.CompletedProce
     keys = ("BENTOML_HOME", "YOLO_TOYS_CATALOG", "YOLO_TOYS_WEIGHTS")
     saved = {k: os.environ.get(k) for k in keys}
     os.environ.update({k: test_env[k] for k in keys})
+    settings.cache_clear()
     yield
     for k, v in saved.items():
         if v is None:
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+    settings.cache_clear()
 
 
 class Server:
-    def __init__(self, url: str, proc: subprocess.Popen, log: Path) -> None:
-        self.url, self.proc, self.log = url, proc, log
+    def __init__(self, url: str, log: Path) -> None:
+        self.url, self.log = url, log
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
@@ -155,27 +149,17 @@ class Server:
             return False
 
 
+@contextmanager
+def serving(env: dict[str, str], log: Path, timeout: float = 240) -> Iterator[Server]:
+    """A real `bentoml serve service:YoloToys` on a free port, ready when entered, stopped on exit."""
+    command = [str(Path(sys.executable).parent / "bentoml"), "serve", "service:YoloToys", "--port", "{port}",
+               "--host", "127.0.0.1"]  # fmt: skip
+    with bench_serving(command, env, None, "/readyz", log, timeout) as url:
+        yield Server(url, log)
+
+
 @pytest.fixture(scope="session")
 def server(test_env: dict[str, str], imported: subprocess.CompletedProcess, tmp_path_factory) -> Iterator[Server]:
-    """A real `bentoml serve service:YoloToys` on a free port, ready when yielded."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("serve") / "serve.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "bentoml"), "serve", "service:YoloToys", "--port", str(port),
-             "--host", "127.0.0.1"],
-            cwd=ROOT, env=test_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-    srv = Server(f"http://127.0.0.1:{port}", proc, log)
-    deadline = time.monotonic() + 240
-    while not srv.healthy():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            os.killpg(proc.pid, signal.SIGKILL) if proc.poll() is None else None
-            pytest.fail(f"bentoml serve did not become ready:\n{srv.log_text()[-5000:]}")
-        time.sleep(1)
-    yield srv
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+    """The test catalog served by a real `bentoml serve`, for the whole session."""
+    with serving(test_env, tmp_path_factory.mktemp("serve") / "serve.log") as srv:
+        yield srv

@@ -6,7 +6,7 @@ import asyncio
 import time
 
 from runners.batcher import Batcher
-from schemas import DetectResult, ImageSize, InferenceJob, Outcome, Task, Timings
+from yolo_toys.schemas import DetectResult, ImageSize, InferenceJob, Outcome, Task, Timings
 
 
 def job(i: int) -> InferenceJob:

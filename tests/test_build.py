@@ -31,7 +31,8 @@ def test_bentoml_build_records_models(test_env: dict[str, str], imported) -> Non
     assert {s["name"] for s in bento["services"]} == {"yolo_toys", "ultralytics", "transformers"}
     bento_dir = Path(test_env["BENTOML_HOME"]) / "bentos" / tag.replace(":", "/")
     src = bento_dir / "src"
-    for path in ("service.py", "runners/ultralytics.py", "models/catalog.yaml", "imaging.py"):
+    for path in ("service.py", "runners/runner.py", "runners/ultralytics.py", "models/catalog.yaml",
+                 "yolo_toys/imaging.py", "yolo_toys/front.py", "demo/index.html"):
         assert (src / path).is_file(), path
     assert not (src / "tests").exists()
     requirements = (bento_dir / "env" / "python" / "requirements.txt").read_text()

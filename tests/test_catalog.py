@@ -19,7 +19,8 @@ from pydantic import ValidationError
 from conftest import ROOT, SHARED_WEIGHTS
 from models import catalog as catalog_module
 from models.catalog import DEFAULT_CATALOG, Catalog, parse_catalog
-from schemas import Task
+from yolo_toys.schemas import Task
+from yolo_toys.settings import settings
 
 # What BentoML accepts as a model name (bentoml._internal.tag: tag_fmt, tag_max_length).
 BENTOML_NAME = re.compile(r"^[a-z0-9]([-._a-z0-9]*[a-z0-9])?$")
@@ -167,7 +168,7 @@ def test_gpu_batch_cap_replaces_the_cpu_cap_on_a_gpu(tmp_path: Path) -> None:
 
 def test_export_is_an_ultralytics_option(tmp_path: Path) -> None:
     bad = entry("vit", family="transformers", task="classify", hf_task="image-classification", export="engine")
-    with pytest.raises(ValidationError, match="Ultralytics option"):
+    with pytest.raises(ValidationError, match="option of the ultralytics family only"):
         parse_catalog(write(tmp_path, {"models": [bad]}))
 
 
@@ -178,22 +179,44 @@ def test_batching_without_runner_settings_uses_the_defaults(tmp_path: Path) -> N
     assert (info.max_batch_size, info.max_latency_ms) == (defaults.max_batch_size, defaults.max_latency_ms)
 
 
-def test_weights_dir_honours_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("YOLO_TOYS_WEIGHTS", str(tmp_path / "w"))
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch):
+    """Set (or with None, unset) an environment variable; the settings are read again afterwards."""
+
+    def set_env(name: str, value: str | None) -> None:
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+        settings.cache_clear()
+
+    yield set_env
+    settings.cache_clear()
+
+
+def test_weights_dir_honours_the_environment(tmp_path: Path, env) -> None:
+    env("YOLO_TOYS_WEIGHTS", str(tmp_path / "w"))
     assert catalog_module.weights_dir() == (tmp_path / "w").resolve()
-    monkeypatch.setenv("YOLO_TOYS_WEIGHTS", "")
+    env("YOLO_TOYS_WEIGHTS", "")
     shared = catalog_module.PROJECT_ROOT.parent / "shared" / "weights"
     assert catalog_module.weights_dir() == (shared if shared.is_dir() else None)
-    monkeypatch.delenv("YOLO_TOYS_WEIGHTS")
+    env("YOLO_TOYS_WEIGHTS", None)
     assert catalog_module.weights_dir() == (shared if shared.is_dir() else None)
 
 
-def test_catalog_path_honours_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_settings_are_read_once(tmp_path: Path, env, monkeypatch: pytest.MonkeyPatch) -> None:
+    env("YOLO_TOYS_WEIGHTS", str(tmp_path / "w"))
+    assert catalog_module.weights_dir() == (tmp_path / "w").resolve()
+    monkeypatch.setenv("YOLO_TOYS_WEIGHTS", str(tmp_path / "other"))  # after the first read: not seen
+    assert catalog_module.weights_dir() == (tmp_path / "w").resolve()
+
+
+def test_catalog_path_honours_the_environment(tmp_path: Path, env) -> None:
     path = write(tmp_path, {"models": [entry("only-one")]})
-    monkeypatch.setenv("YOLO_TOYS_CATALOG", str(path))
+    env("YOLO_TOYS_CATALOG", str(path))
     assert catalog_module.catalog_path() == path
     assert [m.name for m in catalog_module.load_catalog().models] == ["only-one"]
-    monkeypatch.delenv("YOLO_TOYS_CATALOG")
+    env("YOLO_TOYS_CATALOG", None)
     assert catalog_module.catalog_path() == DEFAULT_CATALOG
 
 

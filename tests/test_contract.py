@@ -71,10 +71,11 @@ def test_models_and_openapi(client: TestClient) -> None:
 
 def test_runner_answers_state_their_media_type(in_process_env) -> None:
     """Without it BentoML rebuilds the JSON schema of the answer list on every response (docs/performance.md)."""
-    from runners.transformers import TransformersRunner
-    from runners.ultralytics import UltralyticsRunner
+    from service import YoloToys
 
-    for runner in (UltralyticsRunner, TransformersRunner):
+    runners = {name: dependency.on for name, dependency in YoloToys.dependencies.items()}
+    assert set(runners) == {"ultralytics", "transformers"}
+    for runner in runners.values():
         spec = runner.apis["predict"].output_spec
         assert spec.media_type == "application/json"
         assert spec.mime_type() == "application/json"

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, bus_jpg
 
 pytestmark = pytest.mark.serve
 
@@ -43,13 +43,16 @@ def write_fake_camera(path: Path) -> Path:
     return path
 
 
-def chromium_args(camera: Path) -> list[str]:
-    return [
-        "--no-sandbox",
-        "--disable-gpu",
+def chromium_args(camera: Path | None) -> list[str]:
+    fake_camera = [
         "--use-fake-ui-for-media-stream",
         "--use-fake-device-for-media-stream",
         f"--use-file-for-fake-video-capture={camera}",
+    ]
+    return [
+        "--no-sandbox",
+        "--disable-gpu",
+        *(fake_camera if camera is not None else []),
         "--disable-background-networking",
         "--disable-component-update",
         "--disable-sync",
@@ -135,3 +138,42 @@ def test_demo_streams_webcam_and_draws_detections(server, tmp_path: Path) -> Non
     assert message["server_ms"] >= 0 and message["dropped"] >= 0
     assert stats["drawn_pixels"] > 1000, "nothing drawn on the overlay canvas"
     assert stats["console_errors"] == [], stats["console_errors"]
+
+
+def test_swagger_first_screen_is_yolo_toys_and_stays_on_the_server(server, tmp_path: Path) -> None:
+    """`/` is the product's page: its title and version, no request outside the server, optional form
+    fields empty (not the text "null"), and `/annotate`'s task preselected."""
+    from playwright.sync_api import sync_playwright
+
+    requests: list[str] = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=chromium_args(None))
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1600})
+            page.on("request", lambda request: requests.append(request.url))
+            page.goto(f"{server.url}/", wait_until="networkidle")
+            title = page.wait_for_selector(".swagger-ui .info .title", timeout=TIMEOUT_MS).inner_text()
+            annotate = page.locator("#operations-Service_APIs-yolo_toys__annotate")
+            annotate.locator(".opblock-summary").click()
+            annotate.locator("button.try-out__btn").click()
+            task = annotate.locator('tr[data-property-name="task"] select').input_value()
+            values = annotate.locator("input[type=text], textarea").evaluate_all("els => els.map(e => e.value)")
+            # The form as it stands, with a photo: Swagger UI sends the empty optional fields too.
+            photo = tmp_path / "bus.jpg"
+            photo.write_bytes(bus_jpg())
+            annotate.locator('tr[data-property-name="image"] input[type=file]').set_input_files(str(photo))
+            annotate.locator("button.execute").click()
+            status = annotate.locator(".live-responses-table tbody .response-col_status").first
+            status.wait_for(timeout=TIMEOUT_MS)
+            answered = status.inner_text().strip()
+            page.screenshot(path=str(tmp_path / "swagger.png"), full_page=False)
+            ARTIFACTS.mkdir(exist_ok=True)
+            shutil.copyfile(tmp_path / "swagger.png", ARTIFACTS / "swagger.png")
+        finally:
+            browser.close()
+    assert title.startswith("YOLO-Toys") and "0.2.0" in title, title
+    outside = [url for url in requests if not url.startswith((server.url, "data:", "blob:"))]
+    assert outside == [], outside
+    assert task == "detect"
+    assert values and "null" not in values, values
+    assert answered == "200"

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import drawing
-from schemas import (
+from yolo_toys import drawing
+from yolo_toys.schemas import (
     Box,
     Classification,
     ClassifyResult,

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-import imaging
 from imagefiles import (
     BROKEN,
     EXPECTED_SIZE,
@@ -33,7 +32,10 @@ from imagefiles import (
     int32,
     rgb16,
 )
-from imaging import DecodedImage, EncodedImage, ImageError, check_upload, decode
+from yolo_toys import imaging
+from yolo_toys.errors import ServiceError
+from yolo_toys.imaging import DecodedImage, EncodedImage, check_upload, decode
+from yolo_toys.settings import settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -289,8 +291,8 @@ def test_decode_is_deterministic(name: str) -> None:
 def test_broken_image_is_refused_with_its_4xx(name: str) -> None:
     make, status = BROKEN[name]
     assert 400 <= status < 500
-    # Any exception other than ImageError escapes pytest.raises and fails the test.
-    with pytest.raises(ImageError) as info:
+    # Any exception other than ServiceError escapes pytest.raises and fails the test.
+    with pytest.raises(ServiceError) as info:
         serve(make())
     assert info.value.status == status, info.value
     assert info.value.error and info.value.detail
@@ -299,7 +301,7 @@ def test_broken_image_is_refused_with_its_4xx(name: str) -> None:
 @pytest.mark.parametrize("name", sorted(n for n, (_, status) in BROKEN.items() if status == 415))
 def test_runner_refuses_unsupported_bytes_on_its_own(name: str) -> None:
     """decode() sniffs again, so a runner called without the front's check still answers 415."""
-    with pytest.raises(ImageError) as info:
+    with pytest.raises(ServiceError) as info:
         decode(BROKEN[name][0]())
     assert info.value.status == 415
 
@@ -308,7 +310,7 @@ def test_front_check_does_not_decode() -> None:
     """check_upload only looks at the signature: a truncated PNG passes it; the runner refuses it."""
     data = BROKEN["png_truncated_idat"][0]()
     assert check_upload(data).format == "PNG"
-    with pytest.raises(ImageError) as info:
+    with pytest.raises(ServiceError) as info:
         decode(data)
     assert info.value.status == 400
 
@@ -316,29 +318,35 @@ def test_front_check_does_not_decode() -> None:
 def test_unidentifiable_upload_never_triggers_a_package_install(autoinstall_calls: list) -> None:
     base_photo()  # ultralytics is imported, as in the runner
     for name in ("png_signature_garbage", "gif_header_only", "jpeg_header_only"):
-        with pytest.raises(ImageError):
+        with pytest.raises(ServiceError):
             serve(BROKEN[name][0]())
     assert autoinstall_calls == []
 
 
 def test_too_many_pixels_names_the_configured_limit() -> None:
-    with pytest.raises(ImageError) as info:
+    with pytest.raises(ServiceError) as info:
         serve(BROKEN["png_bomb_30000x30000"][0]())
     assert info.value.status == 413
-    assert f"{imaging.LIMITS.max_pixels}" in info.value.detail.replace(",", "").replace("_", "")
+    assert f"{settings().max_pixels}" in info.value.detail.replace(",", "").replace("_", "")
 
 
 # ---- limits -----------------------------------------------------------------------------------------
 
 
+def configure(monkeypatch: pytest.MonkeyPatch, **limits: int) -> None:
+    """What setting YOLO_TOYS_MAX_* does, for imaging's reads of the settings."""
+    configured = dataclasses.replace(settings(), **limits)
+    monkeypatch.setattr(imaging, "settings", lambda: configured)
+
+
 def test_upload_byte_limit(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(imaging, "LIMITS", dataclasses.replace(imaging.LIMITS, max_upload_bytes=1000))
+    configure(monkeypatch, max_upload_bytes=1000)
     at_limit = b"\xff\xd8\xff" + bytes(997)
     assert check_upload(at_limit).format == "JPEG"
-    with pytest.raises(ImageError) as info:
+    with pytest.raises(ServiceError) as info:
         check_upload(at_limit + b"\x00")
     assert info.value.status == 413 and "1000" in info.value.detail
-    with pytest.raises(ImageError) as info:
+    with pytest.raises(ServiceError) as info:
         check_upload(VALID["jpeg"]())
     assert info.value.status == 413
     assert check_upload(VALID["jpeg_1x1"]()).format == "JPEG"  # 633 bytes
@@ -347,7 +355,7 @@ def test_upload_byte_limit(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_upload_field_validator_reads_at_most_one_byte_over_the_limit(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(imaging, "LIMITS", dataclasses.replace(imaging.LIMITS, max_upload_bytes=1000))
+    configure(monkeypatch, max_upload_bytes=1000)
     small = VALID["jpeg_1x1"]()
     upload = types.SimpleNamespace(file=io.BytesIO(small), filename="tiny.jpg")
     assert imaging._read_upload(upload) == imaging.UploadedFile(small)
@@ -360,13 +368,15 @@ def test_upload_field_validator_reads_at_most_one_byte_over_the_limit(
 
 
 def test_limits_come_from_the_environment() -> None:
-    """Limits are read from the environment when imaging is imported (a fresh interpreter here)."""
+    """Limits are read from the environment (a fresh interpreter here)."""
     script = """
 import io
 from PIL import Image
-import imaging
+from yolo_toys import imaging
+from yolo_toys.errors import ServiceError
+from yolo_toys.settings import settings
 
-assert imaging.LIMITS == imaging.Limits(max_upload_bytes=1000, max_pixels=5000), imaging.LIMITS
+assert (settings().max_upload_bytes, settings().max_pixels) == (1000, 5000), settings()
 
 def png(width, height):
     buf = io.BytesIO()
@@ -377,7 +387,7 @@ for data in (b"\\xff\\xd8\\xff" + bytes(997), b"\\xff\\xd8\\xff" + bytes(998), p
     try:
         imaging.check_upload(data)
         print(imaging.decode(data).rgb.size // 3)
-    except imaging.ImageError as exc:
+    except ServiceError as exc:
         print(exc.status)
 """
     env = {**os.environ, "YOLO_TOYS_MAX_UPLOAD_BYTES": "1000", "YOLO_TOYS_MAX_PIXELS": "5000"}
@@ -399,22 +409,22 @@ def test_max_pixels_argument_is_honoured() -> None:
     data = VALID["jpeg"]()
     pixels = PHOTO_SIZE[0] * PHOTO_SIZE[1]
     assert decode(data, max_pixels=pixels).rgb.shape == (PHOTO_SIZE[1], PHOTO_SIZE[0], 3)
-    with pytest.raises(ImageError) as info:
+    with pytest.raises(ServiceError) as info:
         decode(data, max_pixels=pixels - 1)
     assert info.value.status == 413 and str(pixels - 1) in info.value.detail
     assert decode(VALID["png_1x1"](), max_pixels=1).rgb.shape == (1, 1, 3)
 
 
 def test_configured_pixel_limit_applies_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(imaging, "LIMITS", dataclasses.replace(imaging.LIMITS, max_pixels=100_000))
-    with pytest.raises(ImageError) as info:
+    configure(monkeypatch, max_pixels=100_000)
+    with pytest.raises(ServiceError) as info:
         decode(VALID["jpeg"]())
     assert info.value.status == 413
     assert decode(VALID["jpeg_1x1"]()).rgb.shape == (1, 1, 3)
 
 
 def test_max_pixels_argument_can_raise_the_configured_limit(monkeypatch: pytest.MonkeyPatch) -> None:
-    # What YOLO_TOYS_MAX_PIXELS=500000 does at import time.
-    monkeypatch.setattr(imaging, "LIMITS", dataclasses.replace(imaging.LIMITS, max_pixels=500_000))
+    # What YOLO_TOYS_MAX_PIXELS=500000 does.
+    configure(monkeypatch, max_pixels=500_000)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500_000)
     assert decode(VALID["jpeg"](), max_pixels=1_000_000).width == PHOTO_SIZE[0]  # 874,800 pixels

@@ -1,9 +1,6 @@
 """runners.ultralytics postprocessing: real Ultralytics `Results` into the shared result schemas.
 
-Importing runners.ultralytics loads the catalog and looks into the BentoML store at import time
-(BentoML then fixes its home for the whole process, creating it if needed), so the module is
-imported only after the `in_process_env` fixture has pointed this process at the isolated test
-store and catalog; the `ru` fixture does that.
+The family module imports without a model store or BentoML, so these run on bare `Results`.
 """
 
 from __future__ import annotations
@@ -18,9 +15,9 @@ import torch
 from pydantic import TypeAdapter
 from ultralytics.engine.results import Results
 
-import schemas
 from models.catalog import ModelEntry, Source
-from schemas import (
+from yolo_toys import schemas
+from yolo_toys.schemas import (
     ClassifyResult,
     DetectResult,
     InferenceJob,
@@ -44,7 +41,7 @@ BOXES = [[10.5, 20.25, 50.0, 40.75, 0.875, 5.0], [0.0, 0.0, 99.5, 59.5, 0.5, 0.0
 
 
 @pytest.fixture(scope="module")
-def ru(in_process_env: None) -> ModuleType:
+def ru() -> ModuleType:
     import runners.ultralytics as module
 
     return module
@@ -52,9 +49,9 @@ def ru(in_process_env: None) -> ModuleType:
 
 def loaded_model(ru: ModuleType, task: Task, names: dict[int, str] | None = None):
     entry = ModelEntry(name=f"test-{task.value}", family="ultralytics", task=task, sources=[Source(local="x.pt")])
-    return ru.LoadedModel(entry=entry, yolo=None, names=dict(NAMES if names is None else names), source="test",
-                          format="pytorch", device="cpu", half=False, imgsz=640, fixed_imgsz=False,
-                          rect_letterbox=True)  # fmt: skip
+    return ru.LoadedYolo(entry=entry, yolo=None, labels=dict(NAMES if names is None else names), source="test",
+                         format="pytorch", device="cpu", half=False, imgsz=640, fixed_imgsz=False,
+                         rect_letterbox=True)  # fmt: skip
 
 
 def job(task: Task, **options) -> InferenceJob:
@@ -167,6 +164,17 @@ def test_segment_polygons_follow_the_mask_outline(ru: ModuleType) -> None:
     assert len(first.polygons) == 1 and len(second.polygons) == 1
     assert_on_rect_outline(first.polygons[0], 30, 20, 70, 40, tol=1.0)
     assert_on_rect_outline(second.polygons[0], 5, 45, 25, 55, tol=1.0)
+
+
+def test_segment_mask_in_two_parts_has_two_outlines(ru: ModuleType) -> None:
+    """One polygon per part, as the transformers family gives: no outline joined by a bridge line."""
+    boxes = torch.tensor([[5.0, 5.0, 95.0, 55.0, 0.75, 5.0]])
+    mask = rect_mask(H, W, 5, 5, 25, 25) + rect_mask(H, W, 60, 30, 95, 55)
+    [instance] = postprocess(ru, Task.segment, results(boxes=boxes, masks=mask[None])).instances
+    assert len(instance.polygons) == 2
+    left, right = sorted(instance.polygons, key=lambda poly: min(x for x, _ in poly))
+    assert_on_rect_outline(left, 5, 5, 25, 25, tol=1.0)
+    assert_on_rect_outline(right, 60, 30, 95, 55, tol=1.0)
 
 
 def test_segment_polygons_are_in_original_image_pixels(ru: ModuleType) -> None:

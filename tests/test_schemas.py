@@ -7,8 +7,8 @@ import json
 import pytest
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-import schemas
-from schemas import (
+from yolo_toys import schemas
+from yolo_toys.schemas import (
     Box,
     CaptionResult,
     Classification,

@@ -23,7 +23,16 @@ from pydantic import TypeAdapter
 
 from conftest import SHARED_WEIGHTS, Server, bus_jpg, zidane_jpg
 from imagefiles import BROKEN, EXPECTED_SIZE, VALID
-from schemas import ClassifyResult, DetectResult, ModelsResponse, ObbResult, PoseResult, SegmentResult, TaskResult
+from yolo_toys.schemas import (
+    ClassifyResult,
+    DetectResult,
+    ModelDetail,
+    ModelsResponse,
+    ObbResult,
+    PoseResult,
+    SegmentResult,
+    TaskResult,
+)
 
 pytestmark = pytest.mark.serve
 
@@ -153,7 +162,7 @@ def in_process(weights: Path, image: bytes, **options):
     """The same model called in-process, on the same decoded pixels."""
     from ultralytics import YOLO
 
-    from imaging import decode
+    from yolo_toys.imaging import decode
 
     return YOLO(str(weights)).predict(decode(image).bgr, verbose=False, **options)[0]
 
@@ -235,8 +244,14 @@ def test_models_endpoint(server: Server) -> None:
     models = {m.name: m for m in ModelsResponse.model_validate(resp.json()).models}
     for name in ("yolo11n", "yolov8n", "yolo11n-seg", "yolov8n-pose", "yolo11n-cls", "rand-yolov8n", "rand-yolov8n-obb"):
         assert models[name].loaded, models[name]
-    assert models["yolo11n"].labels[5] == "bus" and len(models["yolo11n"].labels) == 80
-    assert len(models["yolo11n-cls"].labels) == 1000
+    assert models["yolo11n"].label_count == 80 and models["yolo11n-cls"].label_count == 1000
+    assert "labels" not in resp.json()["models"][0], "the listing stays compact: labels are per model"
+    assert len(resp.content) < 20_000
+    detail = ModelDetail.model_validate(httpx.get(f"{server.url}/models/yolo11n", timeout=30).json())
+    assert detail.labels[5] == "bus" and len(detail.labels) == 80 and detail.format == "openvino"
+    assert len(ModelDetail.model_validate(httpx.get(f"{server.url}/models/yolo11n-cls").json()).labels) == 1000
+    unknown = httpx.get(f"{server.url}/models/nope", timeout=30)
+    assert unknown.status_code == 404 and unknown.json()["error"] == "unknown model"
     assert models["yolo11n"].format == "openvino" and models["yolo11n-cls"].format == "tflite"
     assert models["rand-yolov8n"].format == "pytorch" and models["rand-yolov8n"].device == "cpu"
     assert models["yolo11n"].batching.max_batch_size >= 2

@@ -69,6 +69,8 @@ def test_config_ping_and_ordered_frame_ids(server: Server) -> None:
             assert message["result"]["task"] == "detect" and message["result"]["model"] == "yolo11n"
             assert "bus" in {d["label"] for d in message["result"]["detections"]}
             assert message["dropped"] == 0 and message["server_ms"] >= message["queue_ms"] >= 0
+            timings = message["result"]["timings"]
+            assert message["server_ms"] >= timings["total_ms"] >= timings["inference_ms"] > 0  # filled, as on REST
         ws.send(json.dumps({"type": "frame", "id": 100}))
         ws.send(frame)
         assert recv(ws)["frame_id"] == 100
@@ -277,6 +279,9 @@ def test_video_sse_framing_stride_and_tracking(server: Server, tmp_path) -> None
     stamps = [data["timestamp_ms"] for kind, data in events if kind == "result"]
     assert stamps == pytest.approx([f * 100.0 for f in frames], abs=1.0)  # 10 fps
     assert events[-1][1] == {"frames_read": 20, "results": 7}
+    for _, data in events[:-1]:
+        timings = data["result"]["timings"]
+        assert timings["total_ms"] >= timings["inference_ms"] > 0  # filled, as on REST
     bus_ids = {d["track_id"] for kind, data in events if kind == "result" for d in data["result"]["detections"]
                if d["label"] == "bus"}  # fmt: skip
     assert len(bus_ids) == 1 and None not in bus_ids

@@ -24,11 +24,12 @@ from pydantic import TypeAdapter
 
 from conftest import Server, bus_jpg
 from hf_models import SPECS
-from schemas import (
+from yolo_toys.schemas import (
     CaptionResult,
     ClassifyResult,
     DepthResult,
     DetectResult,
+    ModelDetail,
     ModelsResponse,
     SegmentResult,
     TaskResult,
@@ -226,7 +227,7 @@ def test_annotate_transformers_results(server: Server) -> None:
 def _batch_metrics(server: Server) -> dict[str, tuple[float, float]]:
     text = httpx.get(f"{server.url}/metrics", timeout=30).text
     totals: dict[str, list[float]] = {}
-    for m in re.finditer(r'^yolo_toys_transformers_batch_size_(sum|count)\{.*model="([^"]+)".*\} (\S+)$', text, re.M):
+    for m in re.finditer(r'^yolo_toys_model_batch_size_(sum|count)\{.*model="([^"]+)".*\} (\S+)$', text, re.M):
         entry = totals.setdefault(m.group(2), [0.0, 0.0])
         entry[0 if m.group(1) == "sum" else 1] += float(m.group(3))
     return {k: (v[0], v[1]) for k, v in totals.items()}
@@ -258,7 +259,10 @@ def test_models_lists_transformers(server: Server) -> None:
     for name, spec in SPECS.items():
         assert models[name].loaded and models[name].family == "transformers" and models[name].task.value == spec.task
     assert models["tiny-owlvit"].open_vocabulary and not models["tiny-detr"].open_vocabulary
-    assert models["tiny-detr"].labels and models["tiny-segformer"].labels
+    assert models["tiny-detr"].label_count and models["tiny-segformer"].label_count
+    assert models["tiny-clip"].label_count == 0  # the caller names the labels
+    detr = ModelDetail.model_validate(httpx.get(f"{server.url}/models/tiny-detr").json())
+    assert len(detr.labels) == models["tiny-detr"].label_count
     for name in ("detr-resnet-50", "clip-vit-base-patch32", "blip-vqa-base"):
         assert not models[name].loaded and models[name].reason
 
@@ -292,7 +296,7 @@ def test_openapi_shows_transformers_endpoints(server: Server) -> None:
         ("/caption", {"prefix": "p" * 501}, 400),
         ("/caption", {"max_new_tokens": 1000}, 400),
         ("/detect", {"model": "tiny-owlvit"}, 422),  # prompts required
-        ("/detect", {"model": "tiny-owlvit", "prompts": []}, 400),
+        ("/detect", {"model": "tiny-owlvit", "prompts": []}, 422),  # empty: not given, and required
         ("/detect", {"model": "yolo11n", "prompts": ["a bus"]}, 422),  # fixed label set
         ("/detect", {"model": "tiny-clip"}, 422),  # wrong task
         ("/depth", {"model": "tiny-detr"}, 422),
@@ -304,3 +308,40 @@ def test_bad_text_options(server: Server, route: str, fields: dict, status: int)
     body = resp.json()
     assert isinstance(body, dict) and body["error"] and "detail" in body
     assert server.healthy()
+
+
+# ---- what the models cannot take: a 4xx, never a 500 ---------------------------------------------
+
+
+def png_of(width: int, height: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), (90, 120, 200)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_tiny_and_thin_images(server: Server) -> None:
+    """A 1x1 image is served (the processors are told the layout); a shape the processor refuses is a 422."""
+    for route, fields in (("/depth", {}), ("/classify", {"model": "tiny-vit"}), ("/segment", {"model": "tiny-segformer"}),
+                          ("/zero_shot_classify", {"labels": LABELS}), ("/caption", {"max_new_tokens": 3})):  # fmt: skip
+        result = ok(post(server, route, png_of(1, 1), **fields))
+        assert (result.image.width, result.image.height) == (1, 1), route
+    assert ok(post(server, "/depth", png_of(3, 2))).depth_png
+    thin = post(server, "/depth", png_of(50, 1))
+    assert thin.status_code == 422 and thin.json()["error"] == "image not supported", thin.text
+    assert "50x1" in thin.json()["detail"]
+
+
+def test_text_beyond_what_the_model_reads_is_a_422(server: Server) -> None:
+    """The tiny models read 32 tokens (CLIP reads 77): longer text is refused, not cut or crashed on."""
+    long = " ".join(["bus"] * 60)
+    for route, fields in (("/vqa", {"question": long}), ("/caption", {"prefix": long}),
+                          ("/zero_shot_classify", {"labels": ["a cat", long[:200]]})):  # fmt: skip
+        resp = post(server, route, bus_png(), **fields)
+        assert resp.status_code == 422 and resp.json()["error"] == "text too long", (route, resp.text)
+        assert "tokens" in resp.json()["detail"]
+
+
+def test_max_new_tokens_is_an_upper_bound(server: Server) -> None:
+    """The tiny decoders have 64 positions; asking for 128 new tokens answers what fits."""
+    assert isinstance(ok(post(server, "/caption", bus_png(), max_new_tokens=128)), CaptionResult)
+    assert isinstance(ok(post(server, "/vqa", bus_png(), question="what is it?", max_new_tokens=128)), VqaResult)

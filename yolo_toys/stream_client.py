@@ -1,7 +1,7 @@
 """Stream a video file or a camera through `WS /ws/stream` and print one JSON result per line.
 
-    python stream_client.py video.mp4 --url ws://127.0.0.1:3000/ws/stream --model yolo11n --tracking
-    python stream_client.py 0 --task pose            # camera 0
+    python -m yolo_toys.stream_client video.mp4 --url ws://127.0.0.1:3000/ws/stream --model yolo11n --tracking
+    python -m yolo_toys.stream_client 0 --task pose            # camera 0
 
 The sender reads frames at the source's pace (or `--fps`), the receiver prints results as they come;
 the server drops frames it cannot keep up with (latest frame wins) and says how many.
@@ -79,7 +79,7 @@ def stream(source: str, url: str, config: dict[str, Any], fps: float | None = No
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="stream_client.py", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m yolo_toys.stream_client", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("source", help="video file, or camera index such as 0")
     parser.add_argument("--url", default="ws://127.0.0.1:3000/ws/stream")

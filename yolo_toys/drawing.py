@@ -17,7 +17,7 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from schemas import (
+from yolo_toys.schemas import (
     CaptionResult,
     ClassifyResult,
     DepthResult,

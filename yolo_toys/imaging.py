@@ -1,14 +1,13 @@
 """Image uploads: limits, format sniffing at the front, and the one full decode in the runner.
 
 The front service only reads the uploaded bytes and checks their signature (cheap, no decode);
-runners decode once, from the original bytes, and map every failure to an `ImageError` that the
-front turns into a 4xx.
+runners decode once, from the original bytes, and map every failure to a `ServiceError` with its
+4xx status.
 """
 
 from __future__ import annotations
 
 import io
-import os
 import sys
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -18,21 +17,8 @@ import numpy as np
 from PIL import Image, ImageOps
 from pydantic import BeforeValidator, Field
 
-
-def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name)
-    return int(value) if value else default
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Upload limits, configurable through the environment of the service."""
-
-    max_upload_bytes: int = _env_int("YOLO_TOYS_MAX_UPLOAD_BYTES", 20 * 1024 * 1024)
-    max_pixels: int = _env_int("YOLO_TOYS_MAX_PIXELS", 40_000_000)
-
-
-LIMITS = Limits()
+from yolo_toys.errors import ServiceError
+from yolo_toys.settings import settings
 
 # (format name, signature test); PIL decodes all of these.
 _SIGNATURES: list[tuple[str, Any]] = [
@@ -46,16 +32,6 @@ _SIGNATURES: list[tuple[str, Any]] = [
 ]
 SUPPORTED_FORMATS = [name for name, _ in _SIGNATURES]
 _PIL_FORMATS = {"PNM": "PPM"}
-
-
-class ImageError(ValueError):
-    """A client's image that cannot be served; `status` is the HTTP status to answer with."""
-
-    def __init__(self, status: int, error: str, detail: str) -> None:
-        super().__init__(f"{error}: {detail}")
-        self.status = status
-        self.error = error
-        self.detail = detail
 
 
 @dataclass(frozen=True)
@@ -73,14 +49,13 @@ def sniff_format(data: bytes) -> str | None:
 
 def check_upload(data: bytes) -> EncodedImage:
     if not data:
-        raise ImageError(400, "empty image", "the uploaded file has no bytes")
-    if len(data) > LIMITS.max_upload_bytes:
-        raise ImageError(
-            413, "image too large", f"{len(data)} bytes; the limit is {LIMITS.max_upload_bytes} bytes"
-        )
+        raise ServiceError(400, "empty image", "the uploaded file has no bytes")
+    limit = settings().max_upload_bytes
+    if len(data) > limit:
+        raise ServiceError(413, "image too large", f"{len(data)} bytes; the limit is {limit} bytes")
     fmt = sniff_format(data)
     if fmt is None:
-        raise ImageError(
+        raise ServiceError(
             415,
             "unsupported image format",
             f"the file is not an image in a supported format ({', '.join(SUPPORTED_FORMATS)})",
@@ -109,7 +84,7 @@ def _read_upload(value: Any) -> UploadedFile:
     if file is None:
         raise ValueError("`image` must be an uploaded file (multipart/form-data), not a text field")
     file.seek(0)
-    return UploadedFile(file.read(LIMITS.max_upload_bytes + 1))
+    return UploadedFile(file.read(settings().max_upload_bytes + 1))
 
 
 # Declared as a PIL image so that BentoML makes the request multipart and Swagger shows a file
@@ -237,28 +212,28 @@ def _opencv_jpeg(data: bytes, im: Image.Image) -> np.ndarray | None:
 
 def decode(data: bytes, max_pixels: int | None = None) -> DecodedImage:
     """Decode once: pixel limit from the header first, then the full decode, first frame only."""
-    limit = max_pixels or LIMITS.max_pixels
+    limit = max_pixels or settings().max_pixels
     fmt = sniff_format(data)
     if fmt is None:
-        raise ImageError(415, "unsupported image format", "the bytes are not a supported image")
+        raise ServiceError(415, "unsupported image format", "the bytes are not a supported image")
     too_many = "image has too many pixels"
     try:
         with _pil_open(data, fmt) as im:
             width, height = im.size
             if width <= 0 or height <= 0:
-                raise ImageError(400, "invalid image", f"image size {width}x{height}")
+                raise ServiceError(400, "invalid image", f"image size {width}x{height}")
             if width * height > limit:
-                raise ImageError(413, too_many, f"{width}x{height} = {width * height} pixels; the limit is {limit}")
+                raise ServiceError(413, too_many, f"{width}x{height} = {width * height} pixels; the limit is {limit}")
             bgr = _opencv_jpeg(data, im)
             if bgr is not None:
                 return DecodedImage(bgr, "BGR", fmt)
             im.load()
             rotated = ImageOps.exif_transpose(im) or im
             rgb = to_rgb_array(rotated)
-    except ImageError:
+    except ServiceError:
         raise
     except Image.DecompressionBombError:
-        raise ImageError(413, too_many, f"the image header declares more than {limit} pixels") from None
+        raise ServiceError(413, too_many, f"the image header declares more than {limit} pixels") from None
     except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, struct.error, ...
-        raise ImageError(400, "undecodable image", f"{fmt} data could not be decoded: {exc}") from None
+        raise ServiceError(400, "undecodable image", f"{fmt} data could not be decoded: {exc}") from None
     return DecodedImage(rgb, "RGB", fmt)

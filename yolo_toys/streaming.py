@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -18,36 +17,17 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from schemas import Classes, Conf, ImgSz, Iou, MaxDet, ModelName, PredictOptions, Prompts, Task
-
-MAX_STREAMS = int(os.environ.get("YOLO_TOYS_MAX_STREAMS") or 64)
-# Below the server's WebSocket message limit (16 MiB in uvicorn), so an oversize frame gets an
-# error message instead of a closed connection.
-MAX_FRAME_BYTES = int(os.environ.get("YOLO_TOYS_MAX_FRAME_BYTES") or 8 * 1024 * 1024)
-STREAM_TASKS = (Task.detect, Task.segment, Task.pose, Task.classify, Task.obb)
-TRACKED_TASKS = (Task.detect, Task.segment, Task.pose)
+from yolo_toys.errors import ServiceError
+from yolo_toys.settings import settings
+from yolo_toys.tasks import STREAM_TASKS, TRACKED_TASKS, StreamOptions
 
 
-class StreamConfig(BaseModel):
+class StreamConfig(StreamOptions):
     """The settings of one stream; a `config` message replaces them as a whole."""
 
     model_config = ConfigDict(extra="forbid")
 
     type: Literal["config"] = "config"
-    model: ModelName = None
-    task: Task = Task.detect
-    conf: Conf = 0.25
-    iou: Iou = 0.7
-    imgsz: ImgSz = None
-    max_det: MaxDet = 300
-    classes: Classes = None
-    prompts: Prompts = None
-    tracking: bool = False
-    tracker: Literal["bytetrack", "botsort"] = "bytetrack"
-
-    def options(self) -> PredictOptions:
-        return PredictOptions(conf=self.conf, iou=self.iou, imgsz=self.imgsz, max_det=self.max_det,
-                              classes=self.classes, prompts=self.prompts)  # fmt: skip
 
 
 class FrameTag(BaseModel):
@@ -132,6 +112,18 @@ class Tracker:
             item.track_id = track_id
 
 
+def parse_message(text: str) -> StreamConfig | FrameTag | Ping:
+    try:
+        payload = json.loads(text)
+    except ValueError as exc:
+        raise ServiceError(400, "invalid JSON", str(exc)) from None
+    try:
+        return CLIENT_MESSAGE.validate_python(payload)
+    except ValidationError as exc:
+        detail = exc.errors(include_url=False, include_context=False, include_input=False)
+        raise ServiceError(400, "invalid message", detail) from None
+
+
 def queue_ms(frame: Frame) -> float:
     return (time.perf_counter() - frame.received) * 1000
 
@@ -139,7 +131,7 @@ def queue_ms(frame: Frame) -> float:
 class StreamSession:
     """One WebSocket stream: a receiver fills the mailbox, a worker serves the newest frame.
 
-    `infer(config, frame)` returns `(result, None)` or `(None, error_body)`; it is the front
+    `infer(config, frame)` returns the frame's result or raises a `ServiceError`; it is the front
     service's own routing, so a frame meets the same checks and runners as a REST upload.
     """
 
@@ -169,8 +161,8 @@ class StreamSession:
         async with self._send_lock:
             await self.ws.send_json(message)
 
-    async def error(self, error: str, detail: Any = None, frame_id: int | None = None) -> None:
-        message = {"type": "error", "error": error, "detail": detail}
+    async def error(self, exc: ServiceError, frame_id: int | None = None) -> None:
+        message = {"type": "error", **exc.body()}
         if frame_id is not None:
             message["frame_id"] = frame_id
         await self.send(message)
@@ -183,8 +175,9 @@ class StreamSession:
             if message.get("bytes") is not None:
                 frame_id, data = self.next_id, message["bytes"]
                 self.next_id += 1
-                if len(data) > MAX_FRAME_BYTES:
-                    await self.error("frame too large", f"{len(data)} bytes; the limit is {MAX_FRAME_BYTES}", frame_id)
+                limit = settings().max_frame_bytes
+                if len(data) > limit:
+                    await self.error(ServiceError(413, "frame too large", f"{len(data)} bytes; the limit is {limit}"), frame_id)
                 else:
                     self.mailbox.put(Frame(frame_id, data, time.perf_counter()))
             elif message.get("text") is not None:
@@ -192,31 +185,27 @@ class StreamSession:
 
     async def _control(self, text: str) -> None:
         try:
-            payload = json.loads(text)
-        except ValueError as exc:
-            await self.error("invalid JSON", str(exc))
-            return
+            message = parse_message(text)
+            if isinstance(message, Ping):
+                await self.send({"type": "pong", "t": message.t, "server_time": time.time()})
+            elif isinstance(message, FrameTag):
+                self.next_id = message.id
+            else:
+                await self._configure(message)
+        except ServiceError as exc:
+            await self.error(exc)
+
+    async def _configure(self, config: StreamConfig) -> None:
+        if config.task not in STREAM_TASKS:
+            raise ServiceError(422, "task not streamable", f"{config.task.value}; choose one of {[t.value for t in STREAM_TASKS]}")
+        if config.tracking and config.task not in TRACKED_TASKS:
+            raise ServiceError(422, "tracking not supported", f"tracking follows boxes: {[t.value for t in TRACKED_TASKS]}")
         try:
-            message = CLIENT_MESSAGE.validate_python(payload)
-        except ValidationError as exc:
-            await self.error("invalid message", exc.errors(include_url=False, include_context=False, include_input=False))
-            return
-        if isinstance(message, Ping):
-            await self.send({"type": "pong", "t": message.t, "server_time": time.time()})
-        elif isinstance(message, FrameTag):
-            self.next_id = message.id
-        elif message.task not in STREAM_TASKS:
-            await self.error("task not streamable", f"{message.task.value}; choose one of {[t.value for t in STREAM_TASKS]}")
-        elif message.tracking and message.task not in TRACKED_TASKS:
-            await self.error("tracking not supported", f"tracking follows boxes: {[t.value for t in TRACKED_TASKS]}")
-        else:
-            try:
-                tracker = self._tracker_for(message)
-            except Exception as exc:  # a tracker's missing dependency must not end the stream
-                await self.error("tracker unavailable", f"{message.tracker}: {exc}")
-                return
-            self.config, self.tracker = message, tracker
-            await self.send({"type": "config", "config": message.model_dump(mode="json", exclude={"type"})})
+            tracker = self._tracker_for(config)
+        except Exception as exc:  # a tracker's missing dependency must not end the stream
+            raise ServiceError(503, "tracker unavailable", f"{config.tracker}: {exc}") from None
+        self.config, self.tracker = config, tracker
+        await self.send({"type": "config", "config": config.model_dump(mode="json", exclude={"type"})})
 
     def _tracker_for(self, new: StreamConfig) -> Tracker | None:
         """Keep the tracks (and their ids) while the same model keeps tracking the same task."""
@@ -231,9 +220,10 @@ class StreamSession:
             frame = await self.mailbox.take()
             config, tracker = self.config, self.tracker
             waited = queue_ms(frame)
-            result, error = await self.infer(config, frame)
-            if error is not None:
-                await self.error(error["error"], error.get("detail"), frame.id)
+            try:
+                result = await self.infer(config, frame)
+            except ServiceError as exc:
+                await self.error(exc, frame.id)
                 continue
             if tracker is not None and config.task in TRACKED_TASKS:
                 await asyncio.to_thread(tracker.label, result)
@@ -241,58 +231,3 @@ class StreamSession:
                 "type": "result", "frame_id": frame.id, "result": result.model_dump(mode="json"),
                 "queue_ms": waited, "server_ms": queue_ms(frame), "dropped": self.mailbox.dropped,
             })  # fmt: skip
-
-
-# ---- server-sent events over an uploaded video ---------------------------------------------------
-
-
-def sse(event: str, data: dict) -> str:
-    """One server-sent event: `event:` and `data:` lines, then a blank line."""
-    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
-
-
-class VideoFrames:
-    """Frames of an uploaded video file (OpenCV: mp4, webm, avi, ...), JPEG-encoded for the runners."""
-
-    def __init__(self, path: str, stride: int = 1, max_frames: int | None = None) -> None:
-        import cv2
-
-        self._cv2 = cv2
-        self.capture = cv2.VideoCapture(path)
-        if not self.capture.isOpened():
-            self.capture.release()
-            raise ValueError("the file is not a video OpenCV can read (mp4, webm, avi, ...)")
-        self.declared = int(self.capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
-        self.fps = float(self.capture.get(cv2.CAP_PROP_FPS) or 0.0)
-        self.stride = stride
-        self.max_frames = max_frames
-        self.read_count = 0
-        self.finished = False
-
-    def next(self) -> tuple[int, float, bytes] | None:
-        """The next selected frame as (index, timestamp in ms, JPEG bytes); None at the end."""
-        while self.max_frames is None or self.read_count < self.max_frames:
-            ok, image = self.capture.read()
-            if not ok:
-                self.finished = True
-                return None
-            index = self.read_count
-            self.read_count += 1
-            if index % self.stride:
-                continue
-            timestamp = float(self.capture.get(self._cv2.CAP_PROP_POS_MSEC) or 0.0)
-            if timestamp == 0.0 and index and self.fps > 0:
-                timestamp = index * 1000.0 / self.fps
-            ok, buf = self._cv2.imencode(".jpg", image, [self._cv2.IMWRITE_JPEG_QUALITY, 95])
-            if not ok:
-                raise ValueError(f"frame {index} could not be encoded")
-            return index, timestamp, buf.tobytes()
-        self.finished = True
-        return None
-
-    def truncated(self) -> bool:
-        """Fewer frames than the container declares: a cut or corrupt file, not a normal end."""
-        return self.max_frames is None and self.declared > 0 and self.read_count < self.declared
-
-    def close(self) -> None:
-        self.capture.release()

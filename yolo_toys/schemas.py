@@ -9,7 +9,7 @@ from __future__ import annotations
 from enum import Enum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 
 class Task(str, Enum):
@@ -25,33 +25,39 @@ class Task(str, Enum):
 
 
 # ---- request options ---------------------------------------------------------------------------
+# Each option's constraints and default are written here once; the REST routes (yolo_toys/tasks.py),
+# the WebSocket config (yolo_toys/streaming.py) and `PredictOptions` all read them from these types.
+# An optional field sent empty (`-F model=`, `-F classes=[]`, or Swagger UI's "Send empty value")
+# means "not given": Swagger UI sends every optional field it leaves empty (as an empty blob: b"").
+Blank = BeforeValidator(lambda value: None if value in ("", b"", []) else value)
 
 ModelName = Annotated[
-    str | None,
+    Annotated[str, Field(min_length=1, max_length=128)] | None,
+    Blank,
     Field(
+        None,
         description="Catalog name of the model (see `GET /models`); the task's default if omitted.",
         examples=["yolo11n"],
-        min_length=1,
-        max_length=128,
     ),
 ]
-Conf = Annotated[float, Field(ge=0.0, le=1.0, description="Minimum confidence score.")]
-Iou = Annotated[float, Field(ge=0.0, le=1.0, description="IoU threshold of non-maximum suppression.")]
+Conf = Annotated[float, Field(0.25, ge=0.0, le=1.0, description="Minimum confidence score.")]
+Iou = Annotated[float, Field(0.7, ge=0.0, le=1.0, description="IoU threshold of non-maximum suppression.")]
 ImgSz = Annotated[
-    int | None,
+    Annotated[int, Field(ge=32, le=4096)] | None,
+    Blank,
     Field(
-        ge=32,
-        le=4096,
+        None,
         description="Inference size in pixels (long side); the model's own size if omitted. "
         "Models exported with a fixed input size accept only that size.",
     ),
 ]
-MaxDet = Annotated[int, Field(ge=1, le=1000, description="Maximum number of instances returned.")]
+MaxDet = Annotated[int, Field(300, ge=1, le=1000, description="Maximum number of instances returned.")]
 Classes = Annotated[
-    list[Annotated[int, Field(ge=0)]] | None,
-    Field(max_length=1000, description="Keep only these class ids (JSON list, e.g. `[0, 5]`)."),
+    Annotated[list[Annotated[int, Field(ge=0)]], Field(max_length=1000)] | None,
+    Blank,
+    Field(None, description="Keep only these class ids (JSON list, e.g. `[0, 5]`)."),
 ]
-TopK = Annotated[int, Field(ge=1, le=100, description="Number of labels returned by classification.")]
+TopK = Annotated[int, Field(5, ge=1, le=100, description="Number of labels returned by classification.")]
 Phrase = Annotated[str, Field(min_length=1, max_length=200, pattern=r"\S")]
 Labels = Annotated[
     list[Phrase],
@@ -63,34 +69,42 @@ Labels = Annotated[
     ),
 ]
 Prompts = Annotated[
-    list[Phrase] | None,
+    Annotated[list[Phrase], Field(min_length=1, max_length=64)] | None,
+    Blank,
     Field(
-        min_length=1,
-        max_length=64,
+        None,
         description="Open-vocabulary detection only: what to look for (JSON list of 1 to 64 phrases).",
         examples=[["a bus", "a person"]],
     ),
 ]
 Prefix = Annotated[
-    str | None,
-    Field(max_length=500, description="Text the caption must start with (conditional captioning)."),
+    Annotated[str, Field(max_length=500)] | None,
+    Blank,
+    Field(None, description="Text the caption must start with (conditional captioning)."),
 ]
 Question = Annotated[str, Field(min_length=1, max_length=500, pattern=r"\S", examples=["What color is the bus?"])]
-MaxNewTokens = Annotated[int, Field(ge=1, le=128, description="Upper bound on the generated tokens.")]
+MaxNewTokens = Annotated[int, Field(30, ge=1, le=128, description="Upper bound on the generated tokens.")]
+TaskChoice = Annotated[Task, Field(Task.detect, description="The task whose results to draw or stream.")]
 
 
 class PredictOptions(BaseModel):
-    """Options of one inference request, after validation."""
+    """Options of one inference request, after validation: what a runner receives.
 
-    conf: float = 0.25
-    iou: float = 0.7
-    imgsz: int | None = None
-    max_det: int = 300
+    Lists become tuples so that equal options group into one batch; `text` is a caption's prefix or
+    a VQA question; `prompts` are open-vocabulary prompts or zero-shot labels.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    conf: Conf
+    iou: Iou
+    imgsz: ImgSz
+    max_det: MaxDet
     classes: tuple[int, ...] | None = None
-    top_k: int = 5
+    top_k: TopK
     prompts: tuple[str, ...] | None = None
     text: str | None = None
-    max_new_tokens: int = 30
+    max_new_tokens: MaxNewTokens
 
 
 # ---- results -----------------------------------------------------------------------------------
@@ -420,13 +434,40 @@ TaskResult = Annotated[
 
 
 class ErrorBody(BaseModel):
-    """Body of every 4xx answer."""
+    """Body of every 4xx and 503 answer (yolo_toys/errors.py)."""
 
     error: str = Field(description="What went wrong, in a few words.", examples=["unknown model"])
     detail: str | list | dict | None = Field(
         None,
         description="Specifics: the offending value, the limit, the choices.",
     )
+
+
+# ---- server-sent events of `POST /stream/video` ---------------------------------------------------
+
+
+class VideoResultEvent(BaseModel):
+    """`event: result`: one processed frame."""
+
+    frame: int = Field(description="Index of the frame in the file.")
+    timestamp_ms: float
+    result: TaskResult
+
+
+class VideoErrorEvent(ErrorBody):
+    """`event: error`: the stream stops at this frame (a cut file, a model failure)."""
+
+    frame: int
+
+
+class VideoEndEvent(BaseModel):
+    """`event: end`: the whole file was read."""
+
+    frames_read: int
+    results: int
+
+
+VideoEvent = VideoResultEvent | VideoErrorEvent | VideoEndEvent
 
 
 # ---- models listing ----------------------------------------------------------------------------
@@ -438,6 +479,8 @@ class BatchingInfo(BaseModel):
 
 
 class ModelInfo(BaseModel):
+    """One catalog model as `GET /models` lists it; its labels are at `GET /models/{name}`."""
+
     name: str
     family: str
     task: Task
@@ -451,8 +494,14 @@ class ModelInfo(BaseModel):
     imgsz: int | None = Field(None, description="Input size the model was exported or trained for.")
     fixed_imgsz: bool = False
     open_vocabulary: bool = Field(False, description="Detects what the request's `prompts` name.")
-    labels: dict[int, str] = Field(default_factory=dict)
+    label_count: int = Field(0, description="How many class labels the model has (0: the caller names them).")
     batching: BatchingInfo
+
+
+class ModelDetail(ModelInfo):
+    """One model with its class labels: `GET /models/{name}`, and what runners report."""
+
+    labels: dict[int, str] = Field(default_factory=dict)
 
 
 class ModelsResponse(BaseModel):
@@ -473,7 +522,7 @@ class InferenceJob(BaseModel):
 
 
 class Outcome(BaseModel):
-    """A runner's answer for one job: a result, or the 4xx the front must send."""
+    """A runner's answer for one job: a result, or the error the front must send."""
 
     result: TaskResult | None = None
     annotated_jpeg: bytes | None = Field(None, repr=False)

@@ -1,0 +1,169 @@
+"""What the front service does behind its routes: pick and check the model, call the family runner,
+turn errors into answers. service.py's class inherits it and stays the table of contents of the API.
+
+The front never decodes an image: it checks the upload's size and signature, resolves the model
+(yolo_toys/tasks.py) and sends the still-encoded bytes to the runner of the model's family.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar
+
+import aiohttp
+from fastapi import WebSocket
+from prometheus_client import Gauge
+from pydantic import BaseModel
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from yolo_toys import workarounds
+from yolo_toys.errors import ServiceError
+from yolo_toys.imaging import UploadedFile, check_upload
+from yolo_toys.schemas import InferenceJob, ModelDetail, ModelInfo, ModelsResponse, Outcome, PredictOptions, Task
+from yolo_toys.settings import settings
+from yolo_toys.streaming import Frame, StreamConfig, StreamSession, Tracker
+from yolo_toys.tasks import STREAM_TASKS, TRACKED_TASKS, AnnotateRequest, ImageRequest, VideoRequest, resolve
+from yolo_toys.video import VideoFrames, video_events
+
+log = logging.getLogger("yolo_toys")
+
+OPEN_STREAMS = Gauge("yolo_toys_open_streams", "Open WebSocket streams.", multiprocess_mode="livesum")
+RUNNER_CONNECTION_CLOSED = (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError)
+
+R = TypeVar("R", bound=ImageRequest)
+
+
+class Front:
+    """The front service's machinery; `families` are the runner dependencies service.py declares."""
+
+    families: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self) -> None:
+        workarounds.install()
+        self.runners = {name: getattr(self, name) for name in self.families}
+        self._status: dict[str, ModelDetail] | None = None
+        self.open_streams = 0
+
+    # ---- models ------------------------------------------------------------------------------------
+
+    async def model_status(self) -> dict[str, ModelDetail]:
+        """The runners' view of the catalog; fixed once they have started, so asked once."""
+        if self._status is None:
+            details = [ModelDetail.model_validate(i) for r in self.runners.values() for i in await r.to_async.status()]
+            self._status = {d.name: d for d in details}
+            missing = {d.name: d.reason for d in details if not d.loaded}
+            log.info("models loaded: %s; missing: %s", ", ".join(d.name for d in details if d.loaded) or "none",
+                     missing or "none")  # fmt: skip
+        return self._status
+
+    async def models_response(self) -> ModelsResponse:
+        models = await self.model_status()
+        return ModelsResponse(models=[ModelInfo.model_validate(d.model_dump(exclude={"labels"})) for d in models.values()])
+
+    async def model_detail(self, name: str) -> ModelDetail | JSONResponse:
+        detail = (await self.model_status()).get(name)
+        if detail is None:
+            return ServiceError(404, "unknown model", f"{name!r} is not in the catalog; see GET /models").response()
+        return detail
+
+    # ---- one image, through its runner ---------------------------------------------------------------
+
+    async def call_runner(self, family: str, job: InferenceJob) -> Outcome:
+        """One runner call, sent again once if the pooled connection it went out on was closed.
+
+        A runner's server closes a connection idle for 5 s (uvicorn's default, which BentoML does not
+        let dependencies change); a request written just as that happens fails before the runner
+        reads it (seen in bench/ after an idle pause). Predictions have no side effects.
+        """
+        call = self.runners[family].to_async.predict
+        try:
+            [outcome] = await call([job])
+        except RUNNER_CONNECTION_CLOSED as exc:
+            log.info("%s runner connection closed under the request (%s); sending it again", family, exc)
+            try:
+                [outcome] = await call([job])
+            except RUNNER_CONNECTION_CLOSED as again:
+                raise ServiceError(503, "runner unavailable", f"{family} runner: {again}; retry later") from None
+        return Outcome.model_validate(outcome)
+
+    async def run(self, task: Task, image: UploadedFile, name: str | None, options: PredictOptions,
+                  annotate: bool = False) -> Outcome:  # fmt: skip
+        """Check, resolve, infer: the outcome of one image, with `total_ms` filled in; raises ServiceError."""
+        started = time.perf_counter()
+        upload = check_upload(image.data)
+        info = resolve(await self.model_status(), task, name, options)
+        job = InferenceJob(model=info.name, task=task, image=upload.data, options=options, annotate=annotate)
+        outcome = await self.call_runner(info.family, job)
+        if outcome.error is not None:
+            raise ServiceError.from_body(outcome.status, outcome.error)
+        if outcome.result is not None:
+            outcome.result.timings.total_ms = (time.perf_counter() - started) * 1000
+        return outcome
+
+    async def answer(self, task: Task, request: type[R], form: dict[str, Any]) -> Any:
+        """A route's answer: the task's result, or the error as JSON."""
+        return await self._respond(lambda: self._result(task, request.model_construct(**form)))
+
+    async def _result(self, task: Task, request: ImageRequest) -> BaseModel:
+        return (await self.run(task, request.image, request.model, request.options())).result
+
+    async def annotated(self, form: dict[str, Any]) -> Response:
+        """The image with the task's results drawn on it, as a JPEG."""
+        request = AnnotateRequest.model_construct(**form)
+
+        async def jpeg() -> Response:
+            outcome = await self.run(request.task, request.image, request.model, request.options(), annotate=True)
+            return Response(outcome.annotated_jpeg, media_type="image/jpeg")
+
+        return await self._respond(jpeg)
+
+    @staticmethod
+    async def _respond(make: Callable[[], Any]) -> Any:
+        """The one place an API route's `ServiceError` becomes its answer."""
+        try:
+            return await make()
+        except ServiceError as exc:
+            return exc.response()
+
+    # ---- streams -----------------------------------------------------------------------------------
+
+    async def video(self, form: dict[str, Any]) -> Response:
+        """Per-frame results of an uploaded video as server-sent events (yolo_toys/video.py)."""
+        request = VideoRequest.model_construct(**form)
+
+        async def stream() -> Response:
+            if request.task not in STREAM_TASKS:
+                raise ServiceError(422, "task not streamable", f"choose one of {[t.value for t in STREAM_TASKS]}")
+            options = request.options()
+            resolve(await self.model_status(), request.task, request.model, options)
+            frames = await asyncio.to_thread(VideoFrames, str(request.video), request.stride, request.max_frames)
+            tracker = Tracker(request.tracker) if request.tracking and request.task in TRACKED_TASKS else None
+
+            async def infer(data: bytes) -> Any:
+                return (await self.run(request.task, UploadedFile(data), request.model, options)).result
+
+            events = video_events(frames, infer, tracker)
+            return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+        return await self._respond(stream)
+
+    async def stream(self, websocket: WebSocket) -> None:
+        """One WebSocket stream (docs/streaming.md), within the open-stream limit."""
+        await websocket.accept()
+        limit = settings().max_streams
+        if self.open_streams >= limit:
+            await websocket.close(code=1013, reason=f"{limit} streams are open; try again later")
+            return
+        self.open_streams += 1
+        OPEN_STREAMS.inc()
+        try:
+            await StreamSession(websocket, self.stream_frame).run()
+        finally:
+            self.open_streams -= 1
+            OPEN_STREAMS.dec()
+
+    async def stream_frame(self, config: StreamConfig, frame: Frame) -> Any:
+        return (await self.run(config.task, UploadedFile(frame.data), config.model, config.options())).result
