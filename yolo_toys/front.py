@@ -25,7 +25,7 @@ from yolo_toys.imaging import UploadedFile, check_upload
 from yolo_toys.schemas import InferenceJob, ModelDetail, ModelInfo, ModelsResponse, Outcome, PredictOptions, Task
 from yolo_toys.settings import settings
 from yolo_toys.streaming import Frame, StreamConfig, StreamSession, Tracker
-from yolo_toys.tasks import STREAM_TASKS, TRACKED_TASKS, AnnotateRequest, ImageRequest, VideoRequest, resolve
+from yolo_toys.tasks import TRACKED_TASKS, AnnotateRequest, ImageRequest, VideoRequest, resolve
 from yolo_toys.video import VideoFrames, video_events
 
 log = logging.getLogger("yolo_toys")
@@ -135,8 +135,7 @@ class Front:
         request = VideoRequest.model_construct(**form)
 
         async def stream() -> Response:
-            if request.task not in STREAM_TASKS:
-                raise ServiceError(422, "task not streamable", f"choose one of {[t.value for t in STREAM_TASKS]}")
+            request.check_streamable()
             options = request.options()
             resolve(await self.model_status(), request.task, request.model, options)
             frames = await asyncio.to_thread(VideoFrames, str(request.video), request.stride, request.max_frames)

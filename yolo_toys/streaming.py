@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from yolo_toys.errors import ServiceError
 from yolo_toys.settings import settings
-from yolo_toys.tasks import STREAM_TASKS, TRACKED_TASKS, StreamOptions
+from yolo_toys.tasks import TRACKED_TASKS, StreamOptions
 
 
 class StreamConfig(StreamOptions):
@@ -196,8 +196,7 @@ class StreamSession:
             await self.error(exc)
 
     async def _configure(self, config: StreamConfig) -> None:
-        if config.task not in STREAM_TASKS:
-            raise ServiceError(422, "task not streamable", f"{config.task.value}; choose one of {[t.value for t in STREAM_TASKS]}")
+        config.check_streamable()
         if config.tracking and config.task not in TRACKED_TASKS:
             raise ServiceError(422, "tracking not supported", f"tracking follows boxes: {[t.value for t in TRACKED_TASKS]}")
         try:

@@ -161,6 +161,10 @@ class StreamOptions(BaseModel):
     def options(self) -> PredictOptions:
         return PredictOptions(**self.model_dump(include=set(PredictOptions.model_fields)))
 
+    def check_streamable(self) -> None:
+        if self.task not in STREAM_TASKS:
+            raise ServiceError(422, "task not streamable", f"{self.task.value}; choose one of {[t.value for t in STREAM_TASKS]}")
+
 
 class VideoRequest(IODescriptor, StreamOptions):
     video: Annotated[Path, Field(description="A video file: mp4, webm, avi, ...")]
