@@ -79,11 +79,13 @@ def test_the_third_family_classifies(palette_server: Server) -> None:
 
 
 def test_the_third_family_batches(palette_server: Server) -> None:
-    images = [solid((240, 10, 10)), solid((10, 30, 230), size=(32, 32))] * 8
-    with ThreadPoolExecutor(16) as pool:
+    # Large photos, so that decoding keeps the inference thread busy while the others queue: the
+    # palette itself answers in microseconds, and requests that never wait never share a batch.
+    images = [solid((240, 10, 10), "JPEG", size=(1600, 1200)), solid((10, 30, 230), "JPEG", size=(1200, 1600))] * 12
+    with ThreadPoolExecutor(24) as pool:
         answers = list(pool.map(lambda im: classify(palette_server, im), images))
     results = [ClassifyResult.model_validate(a.json()) for a in answers]
-    assert [r.top_k[0].label for r in results] == ["red", "blue"] * 8
+    assert [r.top_k[0].label for r in results] == ["red", "blue"] * 12
     assert max(r.timings.batch_size for r in results) > 1  # different sizes share a call: no group key
     assert max(r.timings.batch_size for r in results) <= 4  # the catalog's cap
 
