@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | 
 CHROMIUM ?= /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: venv import serve test lint build bench bench-quick clean
+.PHONY: venv import serve test lint build bench bench-quick bench-limits clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,11 @@ bench: venv
 ## The regression guard for the hot path: prints the served/limit ratio of yolov8n OpenVINO (~2.5 min).
 bench-quick: venv
 	YOLO_OFFLINE=1 HF_HUB_OFFLINE=1 $(BIN)/python -m bench --quick $(BENCH_ARGS)
+
+## Worst-case time and memory of every task on the images and options built to blow its preprocessing up;
+## writes docs/limits.{md,json} (~15 min; run it alone on the machine). LIMITS_ARGS="--cases depth" runs some tasks.
+bench-limits: venv
+	YOLO_OFFLINE=1 HF_HUB_OFFLINE=1 $(BIN)/python -m bench.limits $(LIMITS_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

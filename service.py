@@ -22,8 +22,10 @@ from starlette.staticfiles import StaticFiles
 from runners.runner import with_runners
 from yolo_toys import openapi, tasks
 from yolo_toys import schemas as result
+from yolo_toys.access import Access
 from yolo_toys.front import Front
-from yolo_toys.guards import BodyLimit, ErrorBodies
+from yolo_toys.guards import BodyLimit, ErrorBodies, FormsOnly
+from yolo_toys.health import Probes
 from yolo_toys.schemas import ErrorBody, ModelDetail, ModelsResponse, Task
 
 extras = FastAPI(title="YOLO-Toys", docs_url=None, redoc_url=None, openapi_url=None)
@@ -124,5 +126,8 @@ class YoloToys(Front):
         return await self.model_detail(name)
 
 
+YoloToys.add_asgi_middleware(Access)  # outermost: a refused request costs nothing else
 YoloToys.add_asgi_middleware(ErrorBodies)
+YoloToys.add_asgi_middleware(Probes)
+YoloToys.add_asgi_middleware(FormsOnly, routes=tuple(api.route for api in YoloToys.apis.values()))
 YoloToys.add_asgi_middleware(BodyLimit)

@@ -11,6 +11,12 @@ const KEYPOINT_MIN_SCORE = 0.3;
 const MAX_ERRORS_SHOWN = 50;
 const MAX_ERRORS_KEPT = 500;
 const TRACKED_TASKS = ["detect", "segment", "pose"]; // the server tracks these (yolo_toys/tasks.py)
+// Access control (yolo_toys/access.py): a browser cannot set headers on a WebSocket, so the key
+// travels as a subprotocol beside `yolo-toys`, which the server selects.
+const KEY_STORAGE = "yolo-toys.api-key";
+const PROTOCOL = "yolo-toys";
+const KEY_PROTOCOL = "yolo-toys.key.";
+const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/; // what a subprotocol may hold (an HTTP token)
 
 const KEYPOINT_NAMES = [
   "nose", "left_eye", "right_eye", "left_ear", "right_ear",
@@ -32,6 +38,7 @@ const PALETTE = [
 
 const $ = (id) => document.getElementById(id);
 const ui = {
+  keyLabel: $("key-label"), apiKey: $("api-key"),
   status: $("status"), source: $("source"), fileLabel: $("file-label"), file: $("file"), task: $("task"),
   model: $("model"), promptsLabel: $("prompts-label"), prompts: $("prompts"), conf: $("conf"),
   confValue: $("conf-value"), tracking: $("tracking"), downscale: $("downscale"), start: $("start"),
@@ -46,10 +53,12 @@ const ui = {
 const stats = {
   results: 0, boxesDrawn: 0, lastResult: null, lastMessage: null, errors: [], errorCount: 0, connected: false,
   sent: 0, dropped: 0, fps: 0, latencyMs: null, serverMs: null, queueMs: null, labels: [], config: null,
+  protocol: null,
 };
 window.demoStats = stats;
 
 const state = {
+  apiKey: "", // sent as X-API-Key and in the WebSocket handshake; kept in sessionStorage
   models: new Map(), // name -> ModelInfo
   running: false,
   ws: null,
@@ -73,12 +82,52 @@ const grabCanvas = document.createElement("canvas");
 const grabCtx = grabCanvas.getContext("2d");
 const ctx = ui.overlay.getContext("2d");
 
+// ---- API key ------------------------------------------------------------------------------------
+
+// A key in the page's URL (`/demo?api_key=...`) moves to sessionStorage and out of the address bar.
+function adoptKey() {
+  const params = new URLSearchParams(location.search);
+  const fromUrl = params.get("api_key");
+  if (fromUrl !== null) {
+    params.delete("api_key");
+    const query = params.toString();
+    history.replaceState(null, "", `${location.pathname}${query ? `?${query}` : ""}${location.hash}`);
+  }
+  let stored = "";
+  try {
+    stored = sessionStorage.getItem(KEY_STORAGE) || "";
+  } catch {
+    // storage disabled: the key lives in the page only
+  }
+  setKey(fromUrl !== null ? fromUrl.trim() : stored);
+  ui.apiKey.value = state.apiKey;
+  ui.keyLabel.hidden = !state.apiKey;
+}
+
+function setKey(key) {
+  state.apiKey = key;
+  try {
+    if (key) sessionStorage.setItem(KEY_STORAGE, key);
+    else sessionStorage.removeItem(KEY_STORAGE);
+  } catch {
+    // storage disabled
+  }
+}
+
+function authHeaders() {
+  return state.apiKey ? { "X-API-Key": state.apiKey } : {};
+}
+
 // ---- settings ---------------------------------------------------------------------------------
 
 async function loadModels() {
   let models = [];
   try {
-    const response = await fetch("/models", { headers: { Accept: "application/json" } });
+    const response = await fetch("/models", { headers: { Accept: "application/json", ...authHeaders() } });
+    if (response.status === 401) {
+      ui.keyLabel.hidden = false;
+      throw new Error(state.apiKey ? "the API key was refused" : "this server needs an API key: enter it above");
+    }
     if (!response.ok) throw new Error(`GET /models: HTTP ${response.status}`);
     models = (await response.json()).models || [];
   } catch (err) {
@@ -219,7 +268,15 @@ function stopSource() {
 
 function streamUrl() {
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-  return `${scheme}//${location.host}/ws/stream`;
+  // A key a subprotocol cannot hold goes in the query string (which servers and proxies may log).
+  const key = state.apiKey;
+  const query = key && !TOKEN.test(key) ? `?api_key=${encodeURIComponent(key)}` : "";
+  return `${scheme}//${location.host}/ws/stream${query}`;
+}
+
+function streamProtocols() {
+  const key = state.apiKey;
+  return key && TOKEN.test(key) ? [PROTOCOL, KEY_PROTOCOL + key] : [PROTOCOL];
 }
 
 function setStatus(text, kind) {
@@ -230,12 +287,15 @@ function setStatus(text, kind) {
 function connect() {
   clearTimeout(state.reconnectTimer);
   setStatus("connecting…", "connecting");
-  const ws = new WebSocket(streamUrl());
+  const ws = new WebSocket(streamUrl(), streamProtocols());
   ws.binaryType = "arraybuffer";
   state.ws = ws;
+  let opened = false;
   ws.onopen = () => {
     if (state.ws !== ws) return;
+    opened = true;
     stats.connected = true;
+    stats.protocol = ws.protocol;
     setStatus("connected", "connected");
     ws.send(JSON.stringify(buildConfig()));
   };
@@ -260,7 +320,8 @@ function connect() {
       setStatus("idle", "idle");
       return;
     }
-    const why = event.code === 1013 ? "server busy (1013)" : `closed (${event.code}${event.reason ? `: ${event.reason}` : ""})`;
+    let why = event.code === 1013 ? "server busy (1013)" : `closed (${event.code}${event.reason ? `: ${event.reason}` : ""})`;
+    if (!opened && event.code === 1006) why = "refused by the server (API key or page origin?)";
     reportError("connection lost", why);
     setStatus(`${why}, reconnecting…`, "error");
     state.reconnectTimer = setTimeout(() => state.running && connect(), event.code === 1013 ? 3000 : 1500);
@@ -626,6 +687,10 @@ async function restartSource() {
 // ---- wiring -------------------------------------------------------------------------------------
 
 ui.start.addEventListener("click", () => (state.running ? stop() : start()));
+ui.apiKey.addEventListener("change", () => {
+  setKey(ui.apiKey.value.trim());
+  loadModels(); // the stream, if running, uses the new key when it next connects
+});
 ui.task.addEventListener("change", () => {
   selectDefaultModel(ui.task.value);
   settingsChanged();
@@ -656,5 +721,6 @@ window.addEventListener("resize", () => {
 });
 
 ui.confValue.textContent = Number(ui.conf.value).toFixed(2);
+adoptKey();
 syncControls();
 loadModels();

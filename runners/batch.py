@@ -8,18 +8,20 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from typing import Any, Protocol
 
 from prometheus_client import Histogram
 
 from yolo_toys.errors import ServiceError
 from yolo_toys.imaging import DecodedImage, decode
-from yolo_toys.schemas import ErrorBody, InferenceJob, Outcome
+from yolo_toys.schemas import ErrorBody, InferenceJob, Outcome, PredictOptions
+from yolo_toys.settings import settings
 
 log = logging.getLogger("yolo_toys.runners")
 
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
+BATCH_PIXELS_HELD = 2  # decoded pixels a batch holds at once, in units of the pixel limit (YOLO_TOYS_MAX_PIXELS)
 
 
 def _batch_sizes(name: str, documentation: str, label: str) -> Histogram:
@@ -33,7 +35,8 @@ MODEL_BATCH = _batch_sizes("yolo_toys_model_batch_size",
                            "Images per inference call, per model (after the adaptive batch is split per model).",
                            "model")  # fmt: skip
 
-Member = tuple[int, DecodedImage, float]  # index in the batch, decoded image, decode milliseconds
+Member = tuple[int, DecodedImage, float]  # index in the batch, image fitted for the model, decode + fit milliseconds
+Fit = Callable[[Any, DecodedImage, PredictOptions], DecodedImage]
 
 
 class Loaded(Protocol):
@@ -45,32 +48,36 @@ def failed(exc: ServiceError) -> Outcome:
     return Outcome(status=exc.status, error=ErrorBody(error=exc.error, detail=exc.detail))
 
 
-def _member(job: InferenceJob, loaded: Loaded | None, missing: Mapping[str, str], index: int) -> Member:
+def _member(job: InferenceJob, loaded: Loaded | None, missing: Mapping[str, str], index: int, fit: Fit) -> Member:
+    """Check, decode and fit one request: every limit is checked here, before any inference work."""
     if loaded is None:
         raise ServiceError(404, "model not loaded", missing.get(job.model, f"unknown model {job.model!r}"))
     if loaded.entry.task != job.task:
         raise ServiceError(422, "wrong task for model", f"{job.model} serves {loaded.entry.task.value}")
     started = time.perf_counter()
-    image = decode(job.image)
+    image = fit(loaded, decode(job.image), job.options)
     return index, image, (time.perf_counter() - started) * 1000
 
 
 Infer = Callable[[Any, list[InferenceJob], list[Member], list[Outcome | None]], None]
 
 
-def _groups(jobs: list[InferenceJob], models: Mapping[str, Loaded], missing: Mapping[str, str],
-            group_key: Callable[[Any, DecodedImage], Hashable], outcomes: list[Outcome | None]) -> dict[tuple, list[Member]]:  # fmt: skip
-    """Decoded members by what must be equal within one inference call; refused jobs get their outcome."""
-    groups: dict[tuple, list[Member]] = defaultdict(list)
-    for i, job in enumerate(jobs):
-        loaded = models.get(job.model)
-        try:
-            member = _member(job, loaded, missing, i)
-        except ServiceError as exc:
-            outcomes[i] = failed(exc)
-            continue
-        groups[(job.model, job.options.model_dump_json(exclude={"top_k"}), group_key(loaded, member[1]))].append(member)
-    return groups
+def _pixels(member: Member) -> int:
+    height, width = member[1].original.shape
+    return height * width
+
+
+def _chunks(members: list[Member], size: int, max_pixels: int) -> Iterator[list[Member]]:
+    """Runs of at most `size` members and `max_pixels` decoded pixels (or one larger image): what one
+    inference call allocates grows with its images' pixels (a processor converts them all at once)."""
+    chunk: list[Member] = []
+    for member in members:
+        if chunk and (len(chunk) == size or sum(map(_pixels, chunk)) + _pixels(member) > max_pixels):
+            yield chunk
+            chunk = []
+        chunk.append(member)
+    if chunk:
+        yield chunk
 
 
 def _run_chunk(infer: Infer, loaded: Loaded, jobs: list[InferenceJob], chunk: list[Member],
@@ -87,6 +94,14 @@ def _run_chunk(infer: Infer, loaded: Loaded, jobs: list[InferenceJob], chunk: li
             outcomes[i] = failed(ServiceError(500, "inference failed", f"{type(exc).__name__}: {exc}"))
 
 
+def _run_groups(groups: dict[tuple, list[Member]], models: Mapping[str, Loaded], cap: Callable[[Any], int],
+                infer: Infer, jobs: list[InferenceJob], outcomes: list[Outcome | None]) -> None:  # fmt: skip
+    limit = settings().max_pixels
+    for (model_name, _, _), members in groups.items():
+        for chunk in _chunks(members, cap(models[model_name].entry), limit):
+            _run_chunk(infer, models[model_name], jobs, chunk, outcomes)
+
+
 def run_batch(
     jobs: list[InferenceJob],
     models: Mapping[str, Loaded],
@@ -94,16 +109,30 @@ def run_batch(
     cap: Callable[[Any], int],
     infer: Infer,
     group_key: Callable[[Any, DecodedImage], Hashable] = lambda loaded, image: None,
+    fit: Fit = lambda loaded, image, options: image,
 ) -> list[Outcome]:
-    """Check, decode and group `jobs`, call `infer` once per chunk, and return one outcome per job.
+    """Check, decode, fit and group `jobs`, call `infer` once per chunk, and return one outcome per job.
 
     `infer(loaded, jobs, chunk, outcomes)` fills `outcomes[i]` for each member `i` of the chunk.
-    `group_key` adds to the grouping whatever else must be equal within one call (an image shape).
+    `fit` bounds what the model's preprocessing allocates (runners/family.py); `group_key` adds to the
+    grouping whatever else must be equal within one call (an image shape). The decoded images a batch
+    holds at once are bounded too: once they reach BATCH_PIXELS_HELD x the pixel limit, what is decoded
+    is run before the rest is decoded (a batch of 32 images of 40 MP would hold 7.7 GB).
     """
     outcomes: list[Outcome | None] = [None] * len(jobs)
-    for (model_name, _, _), members in _groups(jobs, models, missing, group_key, outcomes).items():
-        loaded = models[model_name]
-        size = cap(loaded.entry)
-        for start in range(0, len(members), size):
-            _run_chunk(infer, loaded, jobs, members[start : start + size], outcomes)
+    groups: dict[tuple, list[Member]] = defaultdict(list)
+    held, limit = 0, settings().max_pixels
+    for i, job in enumerate(jobs):
+        loaded = models.get(job.model)
+        try:
+            member = _member(job, loaded, missing, i, fit)
+        except ServiceError as exc:
+            outcomes[i] = failed(exc)
+            continue
+        groups[(job.model, job.options.model_dump_json(exclude={"top_k"}), group_key(loaded, member[1]))].append(member)
+        held += _pixels(member)
+        if held >= BATCH_PIXELS_HELD * limit:
+            _run_groups(groups, models, cap, infer, jobs, outcomes)
+            groups, held = defaultdict(list), 0
+    _run_groups(groups, models, cap, infer, jobs, outcomes)
     return [o if o is not None else failed(ServiceError(500, "internal error", "no outcome")) for o in outcomes]

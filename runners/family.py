@@ -70,6 +70,17 @@ class Family(Protocol):
         """Load the stored weights (a file or folder), warm the model up, and say what it is."""
         ...
 
+    def fit(self, model: LoadedModel, image: DecodedImage, options: PredictOptions) -> DecodedImage:
+        """The image this request's preprocessing can take at a bounded cost, decided before any work.
+
+        A decoded image is within the pixel limit, but a preprocessing step can still blow it up (a
+        1 x 20,000 image resized to a short side of 224 is 224 x 4,480,000). A family returns the image
+        unchanged (the default), a crop or smaller copy whose answer is the same in original-image
+        coordinates (`image.cropped`, `image.shrunk`: results use `image.original`), or raises a 4xx
+        `ServiceError` whose detail names the limit.
+        """
+        return image
+
     def group_key(self, model: LoadedModel, image: DecodedImage) -> Hashable:
         """What else (beyond model and options) must be equal for images to share one `infer` call."""
         return None

@@ -25,6 +25,7 @@ from runners.family import Family, LoadedModel
 from yolo_toys import drawing, workarounds
 from yolo_toys.imaging import DecodedImage
 from yolo_toys.schemas import InferenceJob, ModelDetail, Outcome, Timings
+from yolo_toys.shutdown import Drain, before_sigterm
 
 log = logging.getLogger("yolo_toys.runners")
 
@@ -61,6 +62,8 @@ class FamilyRunner:
         self.on_gpu = any(m.device.startswith("cuda") for m in self.models.values())
         settings = catalog.runner(self.family.name)
         self.batcher = Batcher(self.family.name, self.run, settings.batch_cap(self.on_gpu), settings.max_latency_ms)
+        self.drain = Drain()
+        before_sigterm(self.drain.until_idle)
 
     def _load(self, entry: ModelEntry) -> None:
         """Load one model; one that fails is left out with a one-line reason."""
@@ -92,12 +95,13 @@ class FamilyRunner:
     @bentoml.api
     async def predict(self, jobs: list[InferenceJob]) -> Outcomes:
         """Queue the jobs for the next batch (runners/batcher.py) and answer when they are done."""
-        return await self.batcher.submit(jobs)
+        with self.drain.call():
+            return await self.batcher.submit(jobs)
 
     def run(self, jobs: list[InferenceJob]) -> list[Outcome]:
         """One batch, on the inference thread."""
         cap = lambda entry: self.catalog.batching(entry, self.on_gpu).max_batch_size  # noqa: E731
-        return run_batch(jobs, self.models, self.missing, cap, self._infer, self.family.group_key)
+        return run_batch(jobs, self.models, self.missing, cap, self._infer, self.family.group_key, self.family.fit)
 
     def _infer(self, model: LoadedModel, jobs: list[InferenceJob], chunk: list[Member], outcomes: list) -> None:
         """One inference call for images that share a model and options; fills their outcomes."""
@@ -114,10 +118,11 @@ class FamilyRunner:
 
     def _outcome(self, model: LoadedModel, job: InferenceJob, image: DecodedImage, output: Any,
                  timings: Timings) -> Outcome:  # fmt: skip
+        """The result is of the upload (`image.original`), whatever crop or copy the model was given."""
         started = time.perf_counter()
-        result = self.family.to_result(model, output, image, job, timings)
+        result = self.family.to_result(model, output, image.original, job, timings)
         result.timings.postprocess_ms += (time.perf_counter() - started) * 1000
-        jpeg = drawing.render(image.rgb, result) if job.annotate else None
+        jpeg = drawing.render(image.original.rgb, result) if job.annotate else None
         return Outcome(result=result, annotated_jpeg=jpeg)
 
 

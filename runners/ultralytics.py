@@ -11,13 +11,16 @@ import math
 import shutil
 from collections.abc import Hashable
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from runners.family import Family, Inference, LoadedModel, SourceUnavailable, choose_device
+from runners.limits import central_part
 from runners.postprocess import detections, label_lookup, polygons, top_k
+from yolo_toys.errors import ServiceError
 from yolo_toys.imaging import DecodedImage
 from yolo_toys.schemas import (
     ClassifyResult,
@@ -37,6 +40,7 @@ from yolo_toys.schemas import (
     TaskResult,
     Timings,
 )
+from yolo_toys.settings import settings
 
 if TYPE_CHECKING:
     from models.catalog import ModelEntry
@@ -61,6 +65,7 @@ def weights_format(path: Path) -> str:
 class LoadedYolo(LoadedModel):
     yolo: Any
     rect_letterbox: bool  # the letterbox follows the image shape: batch only equal shapes
+    predictor: type | None = None  # Ultralytics' own for the task, unless bounded here (OBB)
 
 
 def _load_yolo(weights: Path, task: Task) -> Any:
@@ -125,8 +130,9 @@ def _obb(r: Any, model: LoadedModel, common: dict) -> ObbResult:
     ], **common)  # fmt: skip
 
 
-def to_result(r: Any, model: LoadedModel, job: InferenceJob, timings: Timings) -> TaskResult:
-    height, width = r.orig_shape
+def to_result(r: Any, model: LoadedModel, job: InferenceJob, timings: Timings, size: tuple[int, int] | None = None) -> TaskResult:
+    """`size`: the upload's (height, width) when the model saw a part of it (classify); else the result's."""
+    height, width = size or r.orig_shape
     common = {"model": model.entry.name, "image": ImageSize(width=width, height=height), "timings": timings}
     task = model.entry.task
     if task == Task.detect:
@@ -140,6 +146,61 @@ def to_result(r: Any, model: LoadedModel, job: InferenceJob, timings: Timings) -
     return converters[task](r, model, common)
 
 
+# ---- bounded cost: what a request may make the model allocate ------------------------------------------
+
+
+def _imgsz(model: LoadedYolo, options: PredictOptions) -> int:
+    """The request's inference size; a larger one than the limit (or the model's own) is refused.
+
+    A dynamic model's activations grow with imgsz squared: yolo11n-seg (OpenVINO) at 4096 needs more
+    than 23 GB.
+    """
+    limit = max(settings().max_imgsz, model.imgsz or 0)
+    if options.imgsz is not None and options.imgsz > limit:
+        raise ServiceError(422, "imgsz not supported", f"imgsz {options.imgsz} is over the limit {limit} for {model.entry.name}")
+    return options.imgsz or model.imgsz or 640
+
+
+def _check_masks(model: LoadedYolo, imgsz: int, options: PredictOptions) -> None:
+    """Instance masks are made at the letterboxed size, one per detection: max_det x imgsz² bytes, four
+    times over while they are upsampled (1000 masks at 640 cost 2 GB and 7 s)."""
+    side = math.ceil(imgsz / 32) * 32  # Ultralytics rounds imgsz up to the stride
+    pixels, limit = options.max_det * side * side, settings().max_mask_pixels
+    if pixels > limit:
+        raise ServiceError(422, "too many mask pixels",
+                           f"max_det {options.max_det} x {side}x{side} masks = {pixels:,} mask pixels is over the limit "
+                           f"{limit:,} for {model.entry.name}; lower max_det or imgsz")  # fmt: skip
+
+
+def _top_candidates(preds: Any, k: int) -> Any:
+    """The k anchors with the highest class score, in their order: what a rotated NMS keeps at most.
+
+    NMS keeps its `max_nms` best candidates (30,000 in Ultralytics); rotated NMS compares every pair,
+    so 8,400 candidates (640 px, conf 0) cost 12 s and 1.6 GB, 30,000 over 20 GB. Equal to
+    Ultralytics' own whenever no more than k candidates pass `conf`.
+    """
+    raw = preds[0] if isinstance(preds, (list, tuple)) else preds
+    if raw.ndim != 3 or raw.shape[-1] <= k:
+        return preds
+    scores = raw[:, 4:-1].amax(1)  # (batch, anchors); the channels are box (4), classes, angle (1)
+    keep = scores.topk(k, dim=1).indices.sort(dim=1).values
+    return raw.gather(2, keep[:, None, :].expand(-1, raw.shape[1], -1))
+
+
+@cache
+def _bounded_obb_predictor() -> type:
+    """One class for the process: Ultralytics rebuilds its predictor whenever it is given another class."""
+    from ultralytics.models.yolo.obb import OBBPredictor
+
+    class BoundedOBBPredictor(OBBPredictor):
+        def postprocess(self, preds: Any, img: Any, orig_imgs: Any, **kwargs: Any) -> Any:
+            if not getattr(self.model, "end2end", False):
+                preds = _top_candidates(preds, settings().max_rotated_nms)
+            return super().postprocess(preds, img, orig_imgs, **kwargs)
+
+    return BoundedOBBPredictor
+
+
 # ---- the family ---------------------------------------------------------------------------------------
 
 
@@ -150,16 +211,28 @@ class UltralyticsFamily(Family):
         fmt = weights_format(weights)
         yolo = _load_yolo(weights, entry.task)
         device, half = choose_device(entry, runs_on_gpu=fmt in GPU_FORMATS)
+        predictor = _bounded_obb_predictor() if entry.task == Task.obb else None
         warmup = np.zeros((64, 64, 3), dtype=np.uint8)
-        yolo.predict(warmup, device=device, quantize=16 if half else None, verbose=False)
+        yolo.predict(warmup, device=device, quantize=16 if half else None, verbose=False, predictor=predictor)
         backend = yolo.predictor.model
         dynamic = backend.format == "pt" or bool(getattr(backend, "dynamic", False))
-        yolo.predict([warmup, warmup], device=device, quantize=16 if half else None, verbose=False)
+        yolo.predict([warmup, warmup], device=device, quantize=16 if half else None, verbose=False, predictor=predictor)
         return LoadedYolo(
             entry=entry, yolo=yolo, format=fmt, device=device, half=half,
             labels={int(k): str(v) for k, v in yolo.names.items()}, imgsz=int(max(yolo.predictor.imgsz)),
-            fixed_imgsz=not dynamic, rect_letterbox=dynamic and backend.format != "imx",
+            fixed_imgsz=not dynamic, rect_letterbox=dynamic and backend.format != "imx", predictor=predictor,
         )  # fmt: skip
+
+    def fit(self, model: LoadedModel, image: DecodedImage, options: PredictOptions) -> DecodedImage:
+        """Letterboxing bounds every task's input by imgsz (itself bounded); classify resizes the short
+        side and centre-crops, so it gets the image's central part; segment's masks are bounded."""
+        assert isinstance(model, LoadedYolo)
+        imgsz = _imgsz(model, options)
+        if model.entry.task == Task.classify:
+            return central_part(image, settings().max_input_aspect)
+        if model.entry.task == Task.segment:
+            _check_masks(model, imgsz, options)
+        return image
 
     def group_key(self, model: LoadedModel, image: DecodedImage) -> Hashable:
         assert isinstance(model, LoadedYolo)
@@ -170,14 +243,14 @@ class UltralyticsFamily(Family):
         results = model.yolo.predict(
             [image.bgr for image in images], conf=options.conf, iou=options.iou, imgsz=options.imgsz or model.imgsz,
             max_det=options.max_det, classes=list(options.classes) if options.classes is not None else None,
-            device=model.device, quantize=16 if model.half else None, verbose=False,
+            device=model.device, quantize=16 if model.half else None, verbose=False, predictor=model.predictor,
         )  # fmt: skip
         speed, n = results[0].speed, len(images)  # Ultralytics gives each image the call's stages / n
         return Inference(results, *((speed.get(s) or 0.0) * n for s in ("preprocess", "inference", "postprocess")))
 
     def to_result(self, model: LoadedModel, output: Any, image: DecodedImage, job: InferenceJob,
                   timings: Timings) -> TaskResult:  # fmt: skip
-        return to_result(output, model, job, timings)
+        return to_result(output, model, job, timings, image.shape)
 
     # ---- import ------------------------------------------------------------------------------------
 

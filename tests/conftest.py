@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 import yaml
 
@@ -142,6 +143,18 @@ class Server:
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def processes(self) -> dict[str, psutil.Process]:
+        """The server's worker processes by service name (`yolo_toys`, `ultralytics`, ...), looked up now."""
+        port = self.url.rsplit(":", 1)[1]
+        [supervisor] = [p for p in psutil.process_iter(["cmdline"])
+                        if "serve" in (p.info["cmdline"] or []) and port in (p.info["cmdline"] or [])]  # fmt: skip
+        workers = {}
+        for child in supervisor.children(recursive=True):
+            cmdline = child.cmdline()
+            if "--service-name" in cmdline:
+                workers[cmdline[cmdline.index("--service-name") + 1]] = child
+        return workers
+
     def healthy(self) -> bool:
         try:
             return httpx.get(f"{self.url}/readyz", timeout=5).status_code == 200
@@ -149,12 +162,24 @@ class Server:
             return False
 
 
+def own_home(env: dict[str, str], where: Path) -> dict[str, str]:
+    """`env` with a BentoML home of its own that shares the model store: `bentoml serve` empties its
+    home's Prometheus directory at start, so a second server on one home took the metrics of the
+    first (measured: a running server's model metrics vanished from its /metrics)."""
+    home = where / "bentoml_home"
+    home.mkdir(parents=True, exist_ok=True)
+    store = Path(env["BENTOML_HOME"]) / "models"
+    if store.is_dir() and not (home / "models").exists():
+        (home / "models").symlink_to(store, target_is_directory=True)
+    return {**env, "BENTOML_HOME": str(home)}
+
+
 @contextmanager
 def serving(env: dict[str, str], log: Path, timeout: float = 240) -> Iterator[Server]:
     """A real `bentoml serve service:YoloToys` on a free port, ready when entered, stopped on exit."""
     command = [str(Path(sys.executable).parent / "bentoml"), "serve", "service:YoloToys", "--port", "{port}",
                "--host", "127.0.0.1"]  # fmt: skip
-    with bench_serving(command, env, None, "/readyz", log, timeout) as url:
+    with bench_serving(command, own_home(env, log.parent), None, "/readyz", log, timeout) as url:
         yield Server(url, log)
 
 

@@ -54,7 +54,8 @@ def test_error_shapes(client: TestClient) -> None:
     assert error_of(client.post("/pose", files=files, data={"model": "yolo11n"}), 422)["error"] == "wrong task for model"
     assert error_of(client.post("/detect", files={"image": ("x.txt", b"hello", "text/plain")}), 415)
     assert error_of(client.post("/detect", files={"image": ("e.jpg", b"", "image/jpeg")}), 400)
-    assert error_of(client.post("/detect", data={"image": "https://example.com/a.jpg"}), 400)
+    assert error_of(client.post("/detect", files={"image": (None, b"https://example.com/a.jpg")}), 400)
+    assert error_of(client.post("/detect", data={"image": "https://example.com/a.jpg"}), 415)  # not multipart
     assert error_of(client.post("/detect", files=files, data={"iou": "2"}), 400)
     big = {"image": ("big.jpg", b"\xff\xd8\xff" + bytes(23 * 1024 * 1024), "image/jpeg")}
     assert error_of(client.post("/detect", files=big), 413)["error"] == "request too large"

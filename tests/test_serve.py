@@ -345,14 +345,16 @@ def test_bad_options(server: Server, route: str, fields: dict, status: int, erro
 
 def test_bad_requests(server: Server) -> None:
     url = f"{server.url}/detect"
-    assert_error(httpx.post(url, data={"conf": "0.5"}, timeout=30), 400)  # no image
-    assert_error(httpx.post(url, data={"image": "http://127.0.0.1:1/x.jpg"}, timeout=30), 400)  # URL, not fetched
-    assert_error(httpx.post(url, data={"image": "just text"}, timeout=30), 400)
+    assert_error(httpx.post(url, files={"conf": (None, b"0.5")}, timeout=30), 400)  # no image
+    assert_error(httpx.post(url, files={"image": (None, b"http://127.0.0.1:1/x.jpg")}, timeout=30), 400)  # URL, not fetched
+    assert_error(httpx.post(url, files={"image": (None, b"just text")}, timeout=30), 400)
+    assert_error(httpx.post(url, data={"image": "just text"}, timeout=30), 415)  # a urlencoded form
     assert_error(httpx.post(url, content=b"garbage", headers={"content-type": "multipart/form-data"}, timeout=30), 400)
     bad_boundary = {"content-type": "multipart/form-data; boundary=xyz"}
     assert_error(httpx.post(url, content=b"--xyz\r\ngarbage", headers=bad_boundary, timeout=30), 400)
-    assert_error(httpx.post(url, content=bus_jpg(), headers={"content-type": "image/jpeg"}, timeout=30), 400)
-    assert_error(httpx.post(url, json={"image": "abc"}, timeout=30), 400)
+    raw = assert_error(httpx.post(url, content=bus_jpg(), headers={"content-type": "image/jpeg"}, timeout=30), 415)
+    assert "multipart/form-data" in raw["detail"] and "-F image=@" in raw["detail"]
+    assert_error(httpx.post(url, json={"image": "abc"}, timeout=30), 415)
     huge = b"\xff\xd8\xff" + bytes(25 * 1024 * 1024)
     assert_error(post(server, "/detect", huge), 413)
 

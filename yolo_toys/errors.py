@@ -8,6 +8,7 @@ an SSE event or a runner's answer.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from starlette.responses import JSONResponse
@@ -17,13 +18,33 @@ from yolo_toys.schemas import ErrorBody
 # What a client may see, by status: the OpenAPI entries of the routes are built from this table.
 STATUSES: dict[int, str] = {
     400: "Bad request: no or broken image, malformed body, option out of range",
+    401: "No or an invalid API key, when the server has keys (`YOLO_TOYS_API_KEYS`)",
+    403: "A browser origin outside the allow-list (`YOLO_TOYS_CORS_ORIGINS`)",
     404: "Unknown model, or a model that is not loaded (`detail` says why)",
     405: "Method not allowed on this route",
+    408: "The request body was not sent in time; the connection is closed",
     413: "Request body over the upload limit, or an image over the pixel limit",
-    415: "The file is not an image in a supported format",
+    415: "The file is not an image in a supported format, or the body is not a multipart form",
     422: "The model cannot serve these options: another task, unknown class ids, missing prompts, ...",
-    503: "A runner is overloaded or unreachable; retry later",
+    503: "A runner is starting, down or overloaded, or too many uploads are in progress; retry after `Retry-After`",
 }
+
+
+# What a library's message may carry that a client must not see: object addresses (PIL: "cannot
+# identify image file <_io.BytesIO object at 0x7f39...>") and paths of this host.
+_ADDRESS = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
+_HOST_PATH = re.compile(r"/(?:root|home|usr|tmp|opt|var|srv|work|app|proc|etc|lib)(?:/[^\s'\",;:()<>]+)+")
+
+
+def redact(detail: Any) -> Any:
+    """`detail` without object addresses or file paths, in strings, lists and dicts."""
+    if isinstance(detail, str):
+        return _HOST_PATH.sub("<path>", _ADDRESS.sub("in the upload", detail))
+    if isinstance(detail, list):
+        return [redact(item) for item in detail]
+    if isinstance(detail, dict):
+        return {key: redact(value) for key, value in detail.items()}
+    return detail
 
 
 class ServiceError(Exception):
@@ -39,7 +60,7 @@ class ServiceError(Exception):
         return cls(status, body.error, body.detail)
 
     def body(self) -> dict[str, Any]:
-        return ErrorBody(error=self.error, detail=self.detail).model_dump(mode="json")
+        return ErrorBody(error=self.error, detail=redact(self.detail)).model_dump(mode="json")
 
     def response(self) -> JSONResponse:
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 
 import aiohttp
+import bentoml
 from fastapi import WebSocket
 from prometheus_client import Gauge
 from pydantic import BaseModel
@@ -21,9 +22,11 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from yolo_toys import workarounds
 from yolo_toys.errors import ServiceError
+from yolo_toys.health import Health
 from yolo_toys.imaging import UploadedFile, check_upload
 from yolo_toys.schemas import InferenceJob, ModelDetail, ModelInfo, ModelsResponse, Outcome, PredictOptions, Task
 from yolo_toys.settings import settings
+from yolo_toys.shutdown import before_sigterm
 from yolo_toys.streaming import Frame, StreamConfig, StreamSession, Tracker
 from yolo_toys.tasks import TRACKED_TASKS, AnnotateRequest, ImageRequest, VideoRequest, resolve
 from yolo_toys.video import VideoFrames, video_events
@@ -44,49 +47,74 @@ class Front:
     def __init__(self) -> None:
         workarounds.install()
         self.runners = {name: getattr(self, name) for name in self.families}
+        self.health = Health({name: runner.to_async for name, runner in self.runners.items()})
         self._status: dict[str, ModelDetail] | None = None
         self.open_streams = 0
+
+    @bentoml.on_startup
+    async def _probe_runners(self) -> None:
+        self.health.start()
+        before_sigterm(self._stop_probing)
+
+    async def _stop_probing(self) -> None:
+        """At SIGTERM: calls in flight finish on their open connections (yolo_toys/shutdown.py)."""
+        self.health.stop(shutting_down=True)
+
+    @bentoml.on_shutdown
+    async def _stop_probes(self) -> None:
+        self.health.stop()
 
     # ---- models ------------------------------------------------------------------------------------
 
     async def model_status(self) -> dict[str, ModelDetail]:
         """The runners' view of the catalog; fixed once they have started, so asked once."""
         if self._status is None:
-            details = [ModelDetail.model_validate(i) for r in self.runners.values() for i in await r.to_async.status()]
+            answers = [await self.health.runners[name].guard(r.to_async.status()) for name, r in self.runners.items()]
+            details = [ModelDetail.model_validate(i) for answer in answers for i in answer]
             self._status = {d.name: d for d in details}
             missing = {d.name: d.reason for d in details if not d.loaded}
             log.info("models loaded: %s; missing: %s", ", ".join(d.name for d in details if d.loaded) or "none",
                      missing or "none")  # fmt: skip
         return self._status
 
-    async def models_response(self) -> ModelsResponse:
-        models = await self.model_status()
-        return ModelsResponse(models=[ModelInfo.model_validate(d.model_dump(exclude={"labels"})) for d in models.values()])
+    async def models_response(self) -> ModelsResponse | JSONResponse:
+        async def listing() -> ModelsResponse:
+            models = await self.model_status()
+            return ModelsResponse(models=[ModelInfo.model_validate(d.model_dump(exclude={"labels"})) for d in models.values()])
+
+        return await self._respond(listing)
 
     async def model_detail(self, name: str) -> ModelDetail | JSONResponse:
-        detail = (await self.model_status()).get(name)
-        if detail is None:
-            return ServiceError(404, "unknown model", f"{name!r} is not in the catalog; see GET /models").response()
-        return detail
+        async def detail() -> ModelDetail:
+            found = (await self.model_status()).get(name)
+            if found is None:
+                raise ServiceError(404, "unknown model", f"{name!r} is not in the catalog; see GET /models")
+            return found
+
+        return await self._respond(detail)
 
     # ---- one image, through its runner ---------------------------------------------------------------
 
     async def call_runner(self, family: str, job: InferenceJob) -> Outcome:
-        """One runner call, sent again once if the pooled connection it went out on was closed.
+        """One runner call, answered 503 at once while the runner is down (yolo_toys/health.py), and
+        sent again once if the pooled connection it went out on was closed while the runner is up.
 
         A runner's server closes a connection idle for 5 s (uvicorn's default, which BentoML does not
         let dependencies change); a request written just as that happens fails before the runner
-        reads it (seen in bench/ after an idle pause). Predictions have no side effects.
+        reads it (seen in bench/ after an idle pause). A runner that died closes every connection:
+        then the probe fails and the answer is 503. Predictions have no side effects.
         """
-        call = self.runners[family].to_async.predict
+        call, health = self.runners[family].to_async.predict, self.health.runners[family]
         try:
-            [outcome] = await call([job])
+            [outcome] = await health.guard(call([job]))
         except RUNNER_CONNECTION_CLOSED as exc:
+            if not await health.check():
+                raise health.unavailable() from None
             log.info("%s runner connection closed under the request (%s); sending it again", family, exc)
             try:
-                [outcome] = await call([job])
-            except RUNNER_CONNECTION_CLOSED as again:
-                raise ServiceError(503, "runner unavailable", f"{family} runner: {again}; retry later") from None
+                [outcome] = await health.guard(call([job]))
+            except RUNNER_CONNECTION_CLOSED:
+                raise health.unavailable() from None
         return Outcome.model_validate(outcome)
 
     async def run(self, task: Task, image: UploadedFile, name: str | None, options: PredictOptions,

@@ -7,7 +7,10 @@ unknown path or a wrong method with a plain-text 404 or 405. Both answer here wi
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
+from typing import NoReturn
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -15,73 +18,151 @@ from yolo_toys.errors import ServiceError
 from yolo_toys.settings import settings
 
 MULTIPART_OVERHEAD = 1024 * 1024  # room for the option fields and part headers beside the image
+MIB = 1024 * 1024
 
 
 class BodyTooLarge(Exception):
     """Raised inside `receive` when a streamed body passes the limit."""
 
 
+class BodyTimeout(Exception):
+    """Raised inside `receive` when the client has not sent its body in time."""
+
+
+class ClientGone(Exception):
+    """Raised inside `receive` when the client closes the connection before its body is complete."""
+
+
 class BodyLimit:
-    """Answer 413 to any request body above `max_bytes` (by default the upload limit plus room for
-    the form's other fields), declared or streamed."""
+    """Bounds what a request body may cost: its size (413), the time to send it (408, then the
+    connection is closed), and how many are received at once (503 with `Retry-After`).
+
+    A client that leaves mid-upload is answered 499 (nobody reads it): the metrics count no 500 and
+    the log keeps the access line only (yolo_toys/workarounds.py quiets BentoML's traceback).
+    """
 
     def __init__(self, app: ASGIApp, max_bytes: int | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes or settings().max_upload_bytes + MULTIPART_OVERHEAD
+        self.receiving = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope["headers"]).get(b"content-length")
+        headers = dict(scope["headers"])
         try:
-            declared_size = int(declared) if declared is not None else None
+            declared = int(headers[b"content-length"]) if b"content-length" in headers else None
         except ValueError:
             await ServiceError(400, "bad request", "Content-Length is not a number").response()(scope, receive, send)
             return
-        if declared_size is not None and declared_size > self.max_bytes:
-            await self._too_large(declared_size).response()(scope, receive, send)
+        if declared is not None and declared > self.max_bytes:
+            await self._too_large(declared).response()(scope, receive, send)
             return
-        await self._counted(scope, receive, send)
-
-    async def _counted(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Pass the request on, counting its body; past the limit, the app's own answer is replaced by a 413."""
-        received = 0
-        overflow = replaced = False
-
-        async def counting_receive() -> Message:
-            nonlocal received, overflow
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    overflow = True
-                    raise BodyTooLarge()
-            return message
-
-        async def guarded_send(message: Message) -> None:
-            nonlocal replaced
-            if not overflow:
-                await send(message)
-            elif not replaced and message["type"] == "http.response.start":
-                replaced = True
-                await self._too_large(received).response()(scope, receive, send)
-
-        try:
-            await self.app(scope, counting_receive, guarded_send)
-        except BodyTooLarge:
-            if not replaced:
-                await self._too_large(received).response()(scope, receive, send)
+        if not declared and b"chunked" not in headers.get(b"transfer-encoding", b""):
+            await self.app(scope, receive, send)
+            return
+        limit = settings().max_uploads
+        if self.receiving >= limit:
+            busy = ServiceError(503, "too many uploads", f"{limit} request bodies are being received; retry later",
+                                headers={"Retry-After": str(settings().retry_after_s), "Connection": "close"})  # fmt: skip
+            await busy.response()(scope, receive, send)
+            return
+        await _Upload(self, declared).run(scope, receive, send)
 
     def _too_large(self, size: int) -> ServiceError:
         return ServiceError(413, "request too large", f"request body of {size}+ bytes; the limit is {self.max_bytes} bytes")
+
+
+class _Upload:
+    """One request body on its way in: counted, timed, and the app's answer replaced if it fails."""
+
+    def __init__(self, limit: BodyLimit, declared: int | None) -> None:
+        self.limit, self.received, self.complete = limit, 0, False
+        s = settings()
+        self.allowed_s = s.body_timeout_s + s.body_s_per_mib * (declared if declared is not None else limit.max_bytes) / MIB
+        self.deadline = time.monotonic() + self.allowed_s
+        self.failure: ServiceError | None = None
+        limit.receiving += 1
+
+    def _done(self) -> None:
+        if not self.complete:
+            self.complete = True
+            self.limit.receiving -= 1
+
+    async def receive(self, receive: Receive) -> Message:
+        if self.complete:
+            return await receive()
+        try:
+            message = await asyncio.wait_for(receive(), max(self.deadline - time.monotonic(), 0.0))
+        except asyncio.TimeoutError:
+            late = f"the body was not sent within {self.allowed_s:.0f} s ({self.received} bytes arrived)"
+            self.fail(ServiceError(408, "request timeout", late), BodyTimeout)
+        if message["type"] == "http.disconnect":
+            self.fail(ServiceError(499, "client closed request", f"after {self.received} bytes"), ClientGone)
+        self.received += len(message.get("body", b""))
+        if self.received > self.limit.max_bytes:
+            self.fail(self.limit._too_large(self.received), BodyTooLarge)
+        if not message.get("more_body", False):
+            self._done()
+        return message
+
+    def fail(self, error: ServiceError, raising: type[Exception]) -> NoReturn:
+        self._done()
+        error.headers["Connection"] = "close"
+        self.failure = error
+        raise raising(error.detail)
+
+    async def run(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The app with the counted `receive`; once the body failed, its own answer is replaced by ours."""
+        answered = False
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal answered
+            if self.failure is None:
+                await send(message)
+            elif not answered and message["type"] == "http.response.start":
+                answered = True
+                await self.failure.response()(scope, _no_receive, send)
+
+        try:
+            await self.limit.app(scope, lambda: self.receive(receive), guarded_send)
+        except (BodyTooLarge, BodyTimeout, ClientGone):
+            if not answered and self.failure is not None:
+                await self.failure.response()(scope, _no_receive, send)
+        finally:
+            self._done()
+
+
+class FormsOnly:
+    """The image routes take a multipart form: any other body gets 415 saying how to send one.
+
+    BentoML would read a raw image body (`--data-binary @bus.jpg`, the way TorchServe is called) as
+    JSON and answer "Invalid JSON".
+    """
+
+    def __init__(self, app: ASGIApp, routes: tuple[str, ...] = ()) -> None:
+        self.app, self.routes = app, frozenset(routes)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in self.routes:
+            media_type = dict(scope["headers"]).get(b"content-type", b"").split(b";")[0].strip().lower()
+            if media_type != b"multipart/form-data":
+                sent = media_type.decode("latin-1") or "no Content-Type"
+                how = f"send a multipart/form-data form with the image in the `image` field, e.g. " \
+                      f"curl -F image=@photo.jpg http://HOST{scope['path']} (the fields of each route: /docs.json)"
+                error = ServiceError(415, "unsupported media type", f"{sent}: {how}", headers={"Connection": "close"})
+                await error.response()(scope, _no_receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 _FRAMEWORK_ERRORS = {404: "not found", 405: "method not allowed"}
 
 
 class ErrorBodies:
-    """Give the framework's own 404 and 405 answers (unknown path, wrong method) the service's error body.
+    """Give the framework's own 404 and 405 answers (unknown path, wrong method) the service's error
+    body, and no answer a `server` header naming the framework (BentoML sends `BentoML Service/...`).
 
     An answer that already has an `error` field (the service's own 404s) passes unchanged; 405
     keeps its `Allow` header.
@@ -99,6 +180,8 @@ class ErrorBodies:
 
         async def rewriting_send(message: Message) -> None:
             nonlocal start, body
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [(k, v) for k, v in message.get("headers", []) if k.lower() != b"server"]}
             if message["type"] == "http.response.start" and message["status"] in _FRAMEWORK_ERRORS:
                 start = message
                 return

@@ -135,11 +135,35 @@ class DecodedImage:
 
     Kept in the channel order the decoder produced (BGR from OpenCV, RGB from PIL); the other order
     is made once, on first use, so that a runner pays for no conversion it does not need.
+
+    A family may hand its model a smaller copy (`cropped`, `shrunk`: runners/family.py `fit`); the
+    copy keeps the upload in `original`, whose size and pixels the results and drawings use.
     """
 
-    def __init__(self, pixels: np.ndarray, order: Literal["RGB", "BGR"], format: str) -> None:
+    def __init__(self, pixels: np.ndarray, order: Literal["RGB", "BGR"], format: str,
+                 original: DecodedImage | None = None) -> None:  # fmt: skip
         self._pixels = {order: np.ascontiguousarray(pixels)}
         self.format = format
+        self._original = original  # None: this is the upload itself (no self-reference: freed by refcount)
+
+    @property
+    def original(self) -> DecodedImage:
+        """The upload as decoded, before any crop or shrink."""
+        return self._original or self
+
+    def _any(self) -> tuple[Literal["RGB", "BGR"], np.ndarray]:
+        return next(iter(self._pixels.items()))
+
+    def cropped(self, top: int, left: int, height: int, width: int) -> DecodedImage:
+        """A region, for a model that would only look at that region anyway (a centre crop)."""
+        order, pixels = self._any()
+        return DecodedImage(pixels[top : top + height, left : left + width], order, self.format, self.original)
+
+    def shrunk(self, height: int, width: int) -> DecodedImage:
+        """A smaller copy (area-averaged), for a model whose preprocessing would blow the full size up."""
+        order, pixels = self._any()
+        small = cv2.resize(pixels, (max(1, width), max(1, height)), interpolation=cv2.INTER_AREA)
+        return DecodedImage(small, order, self.format, self.original)
 
     def _in(self, order: Literal["RGB", "BGR"]) -> np.ndarray:
         if order not in self._pixels:
@@ -157,7 +181,7 @@ class DecodedImage:
 
     @property
     def shape(self) -> tuple[int, int]:
-        return next(iter(self._pixels.values())).shape[:2]
+        return self._any()[1].shape[:2]
 
     @property
     def width(self) -> int:

@@ -41,9 +41,11 @@ that cannot serve the options.
 """
 
 ERROR_REF = {"$ref": "#/components/schemas/ErrorBody"}
-IMAGE_ROUTE_ERRORS = (400, 404, 413, 415, 422, 503)
+IMAGE_ROUTE_ERRORS = (400, 401, 404, 408, 413, 415, 422, 503)
 # Routes that are not image routes, and the errors they can give.
-ROUTE_ERRORS: dict[str, tuple[int, ...]] = {"/stream/video": (400, 404, 413, 422, 503), "/models/{name}": (404,)}
+ROUTE_ERRORS: dict[str, tuple[int, ...]] = {
+    "/stream/video": (400, 401, 404, 408, 413, 415, 422, 503), "/models": (401, 503), "/models/{name}": (401, 404, 503),
+}
 
 RESULTS: dict[str, type[BaseModel]] = {f"/{task.value}": spec.result for task, spec in TASKS.items()}
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -21,6 +21,15 @@ def _int(environ: Mapping[str, str], name: str, default: int) -> int:
     return int(value) if value else default
 
 
+def _float(environ: Mapping[str, str], name: str, default: float) -> float:
+    value = environ.get(name)
+    return float(value) if value else default
+
+
+def _list(environ: Mapping[str, str], name: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in environ.get(name, "").split(",") if item.strip())
+
+
 @dataclass(frozen=True)
 class Settings:
     max_upload_bytes: int = 20 * 1024 * 1024  # YOLO_TOYS_MAX_UPLOAD_BYTES: one uploaded image
@@ -29,8 +38,34 @@ class Settings:
     # YOLO_TOYS_MAX_FRAME_BYTES: one WebSocket frame; below uvicorn's 16 MiB message limit, so an
     # oversize frame gets an error message instead of a closed connection.
     max_frame_bytes: int = 8 * 1024 * 1024
+    # YOLO_TOYS_BODY_TIMEOUT_S + YOLO_TOYS_BODY_S_PER_MIB x the declared size: the time a client has
+    # to send its request body; then the answer is 408 and the connection is closed.
+    body_timeout_s: float = 10.0
+    body_s_per_mib: float = 3.0
+    max_uploads: int = 64  # YOLO_TOYS_MAX_UPLOADS: request bodies being received at once, per front process
+    # YOLO_TOYS_RUNNER_PROBE_TIMEOUT_S: a runner that does not answer its /readyz within this twice in
+    # a row (probed once a second), or once after a call's connection broke, is down: 503 until it is back.
+    runner_probe_timeout_s: float = 2.0
+    retry_after_s: int = 5  # YOLO_TOYS_RETRY_AFTER_S: the Retry-After of a 503
     catalog: Path = DEFAULT_CATALOG  # YOLO_TOYS_CATALOG
     weights: Path | None = None  # YOLO_TOYS_WEIGHTS, else ../shared/weights beside the project
+    # YOLO_TOYS_API_KEYS: comma-separated; with any, every path but the health probes and the open
+    # paths needs one (yolo_toys/access.py). Kept out of repr so that a logged Settings shows none.
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
+    cors_origins: tuple[str, ...] = ()  # YOLO_TOYS_CORS_ORIGINS: browser origins allowed cross-origin and on the WebSocket
+    open_paths: tuple[str, ...] = ()  # YOLO_TOYS_OPEN_PATHS: paths (and what is under them) that need no key
+    # What one image may make a model's preprocessing allocate (docs/limits.md, measured by `make bench-limits`).
+    # YOLO_TOYS_MAX_INPUT_ASPECT: the most elongated image a model's resize takes as it is; beyond it a
+    # centre-cropping classifier gets the image's central part and an aspect-keeping model (Depth
+    # Anything) a smaller copy, whose answers stay in the image's coordinates.
+    max_input_aspect: float = 2.0
+    max_imgsz: int = 1280  # YOLO_TOYS_MAX_IMGSZ: the largest `imgsz` a request may ask of an Ultralytics model
+    max_mask_pixels: int = 300 * 640 * 640  # YOLO_TOYS_MAX_MASK_PIXELS: max_det x imgsz² of an instance segmentation
+    # YOLO_TOYS_MAX_CLASS_SCORES: classes x pixels of a semantic segmentation's upsampled scores; the map
+    # of a larger image is made at a lower resolution and its outlines scaled to the image.
+    max_class_scores: int = 1 << 27
+    # YOLO_TOYS_MAX_ROTATED_NMS: candidates of a rotated (OBB) NMS, whose cost is their count squared.
+    max_rotated_nms: int = 3000
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -41,8 +76,21 @@ class Settings:
             max_pixels=_int(environ, "YOLO_TOYS_MAX_PIXELS", cls.max_pixels),
             max_streams=_int(environ, "YOLO_TOYS_MAX_STREAMS", cls.max_streams),
             max_frame_bytes=_int(environ, "YOLO_TOYS_MAX_FRAME_BYTES", cls.max_frame_bytes),
+            body_timeout_s=_float(environ, "YOLO_TOYS_BODY_TIMEOUT_S", cls.body_timeout_s),
+            body_s_per_mib=_float(environ, "YOLO_TOYS_BODY_S_PER_MIB", cls.body_s_per_mib),
+            max_uploads=_int(environ, "YOLO_TOYS_MAX_UPLOADS", cls.max_uploads),
+            runner_probe_timeout_s=_float(environ, "YOLO_TOYS_RUNNER_PROBE_TIMEOUT_S", cls.runner_probe_timeout_s),
+            retry_after_s=_int(environ, "YOLO_TOYS_RETRY_AFTER_S", cls.retry_after_s),
             catalog=Path(environ.get("YOLO_TOYS_CATALOG") or DEFAULT_CATALOG),
             weights=Path(weights).expanduser().resolve() if weights else (shared if shared.is_dir() else None),
+            api_keys=_list(environ, "YOLO_TOYS_API_KEYS"),
+            cors_origins=_list(environ, "YOLO_TOYS_CORS_ORIGINS"),
+            open_paths=_list(environ, "YOLO_TOYS_OPEN_PATHS"),
+            max_input_aspect=_float(environ, "YOLO_TOYS_MAX_INPUT_ASPECT", cls.max_input_aspect),
+            max_imgsz=_int(environ, "YOLO_TOYS_MAX_IMGSZ", cls.max_imgsz),
+            max_mask_pixels=_int(environ, "YOLO_TOYS_MAX_MASK_PIXELS", cls.max_mask_pixels),
+            max_class_scores=_int(environ, "YOLO_TOYS_MAX_CLASS_SCORES", cls.max_class_scores),
+            max_rotated_nms=_int(environ, "YOLO_TOYS_MAX_ROTATED_NMS", cls.max_rotated_nms),
         )
 
 

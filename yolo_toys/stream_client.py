@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import threading
 import time
@@ -41,12 +42,15 @@ def frames(source: str, fps: float | None = None, jpeg_quality: int = 85) -> Ite
         capture.release()
 
 
-def stream(source: str, url: str, config: dict[str, Any], fps: float | None = None, linger: float = 5.0) -> Iterator[dict]:
+def stream(source: str, url: str, config: dict[str, Any], fps: float | None = None, linger: float = 5.0,
+           api_key: str | None = None) -> Iterator[dict]:  # fmt: skip
     """Send `config`, then the source's frames; yield every message the server answers.
 
-    After the last frame, wait up to `linger` seconds for the results still in flight.
+    After the last frame, wait up to `linger` seconds for the results still in flight. `api_key` is
+    sent as `Authorization: Bearer` (servers with `YOLO_TOYS_API_KEYS`).
     """
-    with connect(url, max_size=None) as ws:
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+    with connect(url, max_size=None, additional_headers=headers) as ws:
         ws.send(json.dumps({"type": "config", **config}))
         yield json.loads(ws.recv())
         done = threading.Event()
@@ -89,11 +93,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tracking", action="store_true")
     parser.add_argument("--tracker", default="bytetrack", choices=["bytetrack", "botsort"])
     parser.add_argument("--fps", type=float, help="send at most this many frames per second")
+    parser.add_argument("--api-key", default=os.environ.get("YOLO_TOYS_API_KEY"),
+                        help="the server's API key (default: $YOLO_TOYS_API_KEY)")  # fmt: skip
     args = parser.parse_args(argv)
     config = {"task": args.task, "conf": args.conf, "tracking": args.tracking, "tracker": args.tracker}
     if args.model:
         config["model"] = args.model
-    for message in stream(args.source, args.url, config, args.fps):
+    for message in stream(args.source, args.url, config, args.fps, api_key=args.api_key):
         print(json.dumps(message), flush=True)
     return 0
 
