@@ -56,6 +56,13 @@ class ServiceError(Exception):
         self.headers = headers or {}
 
     @classmethod
+    def retry_later(cls, error: str, detail: str, **headers: str) -> ServiceError:
+        """A 503 with the service's `Retry-After` (YOLO_TOYS_RETRY_AFTER_S)."""
+        from yolo_toys.settings import settings
+
+        return cls(503, error, detail, headers={"Retry-After": str(settings().retry_after_s), **headers})
+
+    @classmethod
     def from_body(cls, status: int, body: ErrorBody) -> ServiceError:
         return cls(status, body.error, body.detail)
 

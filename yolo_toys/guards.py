@@ -57,20 +57,20 @@ class BodyLimit:
             await ServiceError(400, "bad request", "Content-Length is not a number").response()(scope, receive, send)
             return
         if declared is not None and declared > self.max_bytes:
-            await self._too_large(declared).response()(scope, receive, send)
+            await self.too_large(declared).response()(scope, receive, send)
             return
         if not declared and b"chunked" not in headers.get(b"transfer-encoding", b""):
             await self.app(scope, receive, send)
             return
         limit = settings().max_uploads
         if self.receiving >= limit:
-            busy = ServiceError(503, "too many uploads", f"{limit} request bodies are being received; retry later",
-                                headers={"Retry-After": str(settings().retry_after_s), "Connection": "close"})  # fmt: skip
+            busy = ServiceError.retry_later("too many uploads", f"{limit} request bodies are being received; retry later",
+                                            Connection="close")  # fmt: skip
             await busy.response()(scope, receive, send)
             return
         await _Upload(self, declared).run(scope, receive, send)
 
-    def _too_large(self, size: int) -> ServiceError:
+    def too_large(self, size: int) -> ServiceError:
         return ServiceError(413, "request too large", f"request body of {size}+ bytes; the limit is {self.max_bytes} bytes")
 
 
@@ -102,7 +102,7 @@ class _Upload:
             self.fail(ServiceError(499, "client closed request", f"after {self.received} bytes"), ClientGone)
         self.received += len(message.get("body", b""))
         if self.received > self.limit.max_bytes:
-            self.fail(self.limit._too_large(self.received), BodyTooLarge)
+            self.fail(self.limit.too_large(self.received), BodyTooLarge)
         if not message.get("more_body", False):
             self._done()
         return message

@@ -86,7 +86,7 @@ class RunnerHealth:
         seconds = time.monotonic() - self.since
         what = "starting" if self.state == "starting" else "not answering"
         detail = f"the {self.name} runner is {what} (for {seconds:.0f} s); retry later"
-        return ServiceError(503, "runner unavailable", detail, headers={"Retry-After": str(settings().retry_after_s)})
+        return ServiceError.retry_later("runner unavailable", detail)
 
     async def guard(self, call: Awaitable[T]) -> T:
         """Await `call`, or answer 503 as soon as the runner is found down while it waits."""
@@ -153,8 +153,7 @@ class Probes:
         if not waiting:
             await PlainTextResponse("ready\n")(scope, receive, send)
             return
-        headers = {"Retry-After": str(settings().retry_after_s)}
-        await ServiceError(503, "not ready", "; ".join(waiting), headers=headers).response()(scope, receive, send)
+        await ServiceError.retry_later("not ready", "; ".join(waiting)).response()(scope, receive, send)
 
 
 def _health() -> Health | None:
