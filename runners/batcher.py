@@ -17,6 +17,8 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from prometheus_client import Gauge
+
 from runners.batch import RUNNER_BATCH, failed
 from yolo_toys.errors import ServiceError
 from yolo_toys.schemas import InferenceJob, Outcome
@@ -24,6 +26,10 @@ from yolo_toys.schemas import InferenceJob, Outcome
 log = logging.getLogger("yolo_toys.runners")
 
 Run = Callable[[list[InferenceJob]], list[Outcome]]
+# What a runner holds, queued or in inference: the load signal for scaling runner replicas
+# (deploy/kubernetes/), where a queue that keeps growing means too few of them.
+INFLIGHT = Gauge("yolo_toys_runner_inflight", "Jobs accepted by the runner and not answered yet (queued + in inference).",
+                 ["runner"], multiprocess_mode="livesum")  # fmt: skip
 
 
 class Batcher:
@@ -47,7 +53,12 @@ class Batcher:
         futures = [loop.create_future() for _ in jobs]
         self._queue.extend((job, future, now) for job, future in zip(jobs, futures, strict=True))
         self._wake.set()
-        return list(await asyncio.gather(*futures))
+        inflight = INFLIGHT.labels(runner=self.name)
+        inflight.inc(len(jobs))
+        try:
+            return list(await asyncio.gather(*futures))
+        finally:
+            inflight.dec(len(jobs))
 
     def _next_batch(self) -> list[tuple[InferenceJob, asyncio.Future[Outcome]]]:
         batch = []

@@ -8,6 +8,7 @@ batch goes through the family's `infer`, then `to_result` per image.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -16,6 +17,10 @@ from typing import Annotated, Any, ClassVar
 
 import bentoml
 from bentoml.validators import ContentType
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from models.catalog import Catalog, ModelEntry, RunnerSettings, load_catalog
 from models.store import stored
@@ -173,12 +178,40 @@ def service_config(settings: RunnerSettings) -> dict[str, Any]:
     }
 
 
+class RunnerMetrics:
+    """ASGI middleware: `GET /metrics` of a runner, its own series (`yolo_toys_runner_inflight`, batch
+    sizes) for Prometheus to scrape from a runner served alone (a runner pod, deploy/kubernetes/).
+
+    Under `bentoml serve` the front's /metrics already has them (one multiprocess directory); BentoML's
+    own route is off with the runners' request metrics (`service_config`).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != "/metrics":
+            await self.app(scope, receive, send)
+            return
+        text = await asyncio.to_thread(_exposition)
+        await Response(text, media_type=CONTENT_TYPE_LATEST)(scope, receive, send)
+
+
+def _exposition() -> bytes:
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        return generate_latest()
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)
+    return generate_latest(registry)
+
+
 def runner_service(catalog: Catalog, name: str) -> bentoml.Service:
     """The BentoML service that serves one family of the catalog."""
     family = catalog.family_module(name)
     cls = type(f"{name.title().replace('_', '')}Runner", (FamilyRunner,), {"family": family, "__module__": __name__})
     service = bentoml.service(name=name, **service_config(catalog.runner(name)))(cls)
     service.models = StoredModels([entry.name for entry in catalog.family(name)])
+    service.add_asgi_middleware(RunnerMetrics)
     return service
 
 

@@ -11,17 +11,17 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from bench.servers import free_port
+from cluster import Load
 from conftest import Server, bus_jpg, own_home, serving
 
 pytestmark = pytest.mark.serve
@@ -166,64 +166,6 @@ def test_abandoned_upload_is_one_quiet_line(server: Server) -> None:
 
 
 # ---- a runner killed under load -----------------------------------------------------------------------
-
-
-class Load:
-    """Clients sending bus.jpg to /detect, and a /readyz and /livez prober, recording every answer."""
-
-    def __init__(self, url: str, clients: int = 6) -> None:
-        self.url, self.rows, self.probes, self.stopped = url, [], [], threading.Event()
-        self.threads = [threading.Thread(target=self._client) for _ in range(clients)]
-        self.threads.append(threading.Thread(target=self._prober))
-        self.t0 = time.monotonic()
-
-    def __enter__(self) -> Load:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stopped.set()
-        for t in self.threads:
-            t.join()
-
-    def _client(self) -> None:
-        bus = bus_jpg()
-        with httpx.Client(timeout=60) as client:
-            while not self.stopped.is_set():
-                started = time.monotonic()
-                try:
-                    r = client.post(f"{self.url}/detect", files={"image": ("bus.jpg", bus, "image/jpeg")})
-                    row = (started - self.t0, time.monotonic() - started, r.status_code, r.headers.get("retry-after"),
-                           r.json().get("error") if r.status_code != 200 else None)  # fmt: skip
-                except httpx.HTTPError as exc:
-                    row = (started - self.t0, time.monotonic() - started, 0, None, type(exc).__name__)
-                self.rows.append(row)
-                if row[2] != 200:
-                    time.sleep(0.2)
-
-    def _prober(self) -> None:
-        with httpx.Client(timeout=10) as client:
-            while not self.stopped.is_set():
-                started = time.monotonic()
-                try:
-                    ready = client.get(f"{self.url}/readyz").status_code
-                    live = client.get(f"{self.url}/livez").status_code
-                except httpx.HTTPError:  # the server is gone (the shutdown test)
-                    ready = live = 0
-                self.probes.append((started - self.t0, time.monotonic() - started, ready, live))
-                time.sleep(0.3)
-
-    def now(self) -> float:
-        return time.monotonic() - self.t0
-
-    def wait_for(self, condition: Callable[[], bool], timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if condition():
-                return True
-            time.sleep(0.2)
-        return False
 
 
 @pytest.fixture()

@@ -13,8 +13,8 @@ import time
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 
-import aiohttp
 import bentoml
+from _bentoml_impl.client import RemoteProxy
 from fastapi import WebSocket
 from prometheus_client import Gauge
 from pydantic import BaseModel
@@ -24,6 +24,7 @@ from yolo_toys import workarounds
 from yolo_toys.errors import ServiceError
 from yolo_toys.health import Health
 from yolo_toys.imaging import UploadedFile, check_upload
+from yolo_toys.replicas import Replica, ReplicaSet
 from yolo_toys.schemas import InferenceJob, ModelDetail, ModelInfo, ModelsResponse, Outcome, PredictOptions, Task
 from yolo_toys.settings import settings
 from yolo_toys.shutdown import before_sigterm
@@ -34,7 +35,6 @@ from yolo_toys.video import VideoFrames, video_events
 log = logging.getLogger("yolo_toys")
 
 OPEN_STREAMS = Gauge("yolo_toys_open_streams", "Open WebSocket streams.", multiprocess_mode="livesum")
-RUNNER_CONNECTION_CLOSED = (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError)
 
 R = TypeVar("R", bound=ImageRequest)
 
@@ -46,8 +46,9 @@ class Front:
 
     def __init__(self) -> None:
         workarounds.install()
-        self.runners = {name: getattr(self, name) for name in self.families}
-        self.health = Health({name: runner.to_async for name, runner in self.runners.items()})
+        listed = settings().replicas
+        self.runners = {name: self._replicas(name, listed.get(name)) for name in self.families}
+        self.health = Health(self.runners)
         self._status: dict[str, ModelDetail] | None = None
         self.open_streams = 0
 
@@ -63,13 +64,23 @@ class Front:
     @bentoml.on_shutdown
     async def _stop_probes(self) -> None:
         self.health.stop()
+        for replicas in self.runners.values():
+            await replicas.close()
+
+    def _replicas(self, family: str, urls: list[str] | None) -> ReplicaSet:
+        """The family's replicas: those `YOLO_TOYS_REPLICAS` lists, else the one BentoML resolved the
+        dependency to (only looked up then: an unresolved dependency is served inside this process)."""
+        if urls is None:
+            return ReplicaSet.single(family, getattr(self, family))
+        runner = getattr(type(self), family).on  # the runner service of the `bentoml.depends`
+        return ReplicaSet(family, urls, lambda url: Replica(family, url, RemoteProxy(url, service=runner)))
 
     # ---- models ------------------------------------------------------------------------------------
 
     async def model_status(self) -> dict[str, ModelDetail]:
         """The runners' view of the catalog; fixed once they have started, so asked once."""
         if self._status is None:
-            answers = [await self.health.runners[name].guard(r.to_async.status()) for name, r in self.runners.items()]
+            answers = [await replicas.call("status") for replicas in self.runners.values()]
             details = [ModelDetail.model_validate(i) for answer in answers for i in answer]
             self._status = {d.name: d for d in details}
             missing = {d.name: d.reason for d in details if not d.loaded}
@@ -96,25 +107,9 @@ class Front:
     # ---- one image, through its runner ---------------------------------------------------------------
 
     async def call_runner(self, family: str, job: InferenceJob) -> Outcome:
-        """One runner call, answered 503 at once while the runner is down (yolo_toys/health.py), and
-        sent again once if the pooled connection it went out on was closed while the runner is up.
-
-        A runner's server closes a connection idle for 5 s (uvicorn's default, which BentoML does not
-        let dependencies change); a request written just as that happens fails before the runner
-        reads it (seen in bench/ after an idle pause). A runner that died closes every connection:
-        then the probe fails and the answer is 503. Predictions have no side effects.
-        """
-        call, health = self.runners[family].to_async.predict, self.health.runners[family]
-        try:
-            [outcome] = await health.guard(call([job]))
-        except RUNNER_CONNECTION_CLOSED as exc:
-            if not await health.check():
-                raise health.unavailable() from None
-            log.info("%s runner connection closed under the request (%s); sending it again", family, exc)
-            try:
-                [outcome] = await health.guard(call([job]))
-            except RUNNER_CONNECTION_CLOSED:
-                raise health.unavailable() from None
+        """One prediction on a ready replica of the family's runner (yolo_toys/replicas.py): sent again
+        elsewhere if its replica's connection failed, 503 at once while no replica is ready."""
+        [outcome] = await self.runners[family].call("predict", [job])
         return Outcome.model_validate(outcome)
 
     async def run(self, task: Task, image: UploadedFile, name: str | None, options: PredictOptions,

@@ -5,8 +5,9 @@ to it queues in the socket's backlog until the restarted process has loaded its 
 and BentoML's own `/readyz` waits on the same queue (measured: no answer for 28 s). Instead the
 front probes every runner's `/readyz` itself, with a short timeout, once a second; two failed probes
 in a row, or one after a call's connection broke, and the runner is down. While a runner is
-down (or still starting) its requests are answered 503 `runner unavailable` with a `Retry-After`,
-calls already waiting on it are cancelled with the same answer, and the front's `/readyz` says 503.
+down (or still starting) its calls go to another replica (yolo_toys/replicas.py) or are answered 503
+`runner unavailable` with a `Retry-After`, calls already waiting on it are cancelled (and sent again
+elsewhere), and the front's `/readyz` says 503 while a family has no ready replica.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ PROBE_INTERVAL_S = 1.0
 class RunnerHealth:
     """One runner's state from its last probe: `starting` until its first answer, then `ready` or `down`."""
 
-    def __init__(self, name: str, client: Any) -> None:
-        self.name, self.client = name, client  # client: the dependency's async client (BentoML's RemoteProxy)
+    def __init__(self, name: str, client: Any, where: str = "") -> None:
+        self.name, self.client, self.where = name, client, where  # client: BentoML's async client of the runner
         self.state: State = "starting"
         self.since = time.monotonic()
         self.misses = 0  # probes failed in a row
@@ -76,10 +77,10 @@ class RunnerHealth:
             return
         if state == "ready":
             self._gone.clear()
-            log.info("%s runner is ready (%s for %.1f s)", self.name, self.state, time.monotonic() - self.since)
+            log.info("%s runner %s is ready (%s for %.1f s)", self.name, self.where, self.state, time.monotonic() - self.since)
         else:
             self._gone.set()
-            log.warning("%s runner is not answering; its requests get 503 until it is back", self.name)
+            log.warning("%s runner %s is not answering; no calls go to it until it is back", self.name, self.where)
         self.state, self.since = state, time.monotonic()
 
     def unavailable(self) -> ServiceError:
@@ -108,31 +109,25 @@ class RunnerHealth:
             raise self.unavailable()
         return task.result()
 
-    async def watch(self) -> None:
-        """Probe forever, once a second (the front's start-up hook runs it as a task)."""
-        while True:
-            await self.check(strikes=2)
-            await asyncio.sleep(PROBE_INTERVAL_S)
-
 
 class Health:
-    """All the runners of one front process."""
+    """The runner families of one front process (yolo_toys/replicas.py), each probed by its own task."""
 
-    def __init__(self, clients: dict[str, Any]) -> None:
-        self.runners = {name: RunnerHealth(name, client) for name, client in clients.items()}
+    def __init__(self, families: dict[str, Any]) -> None:
+        self.families = families  # name -> ReplicaSet: `watch()`, `ready`, `unavailable()`
         self._tasks: list[asyncio.Task] = []
         self.shutting_down = False
 
     def start(self) -> None:
-        self._tasks = [asyncio.create_task(r.watch(), name=f"health:{r.name}") for r in self.runners.values()]
+        self._tasks = [asyncio.create_task(f.watch(), name=f"health:{name}") for name, f in self.families.items()]
 
     def stop(self, shutting_down: bool = False) -> None:
         self.shutting_down = self.shutting_down or shutting_down
         for task in self._tasks:
             task.cancel()
 
-    def not_ready(self) -> list[RunnerHealth]:
-        return [r for r in self.runners.values() if not r.ready]
+    def not_ready(self) -> list[Any]:
+        return [f for f in self.families.values() if not f.ready]
 
 
 class Probes:
@@ -149,7 +144,9 @@ class Probes:
         if health is None or health.shutting_down:
             waiting = ["the service is " + ("starting" if health is None else "shutting down")]
         else:
-            waiting = [r.unavailable().detail for r in health.not_ready()]
+            down = health.not_ready()
+            some_up = len(down) < len(health.families) and settings().ready_when == "any"
+            waiting = [] if some_up else [family.unavailable().detail for family in down]
         if not waiting:
             await PlainTextResponse("ready\n")(scope, receive, send)
             return

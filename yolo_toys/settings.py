@@ -26,8 +26,26 @@ def _float(environ: Mapping[str, str], name: str, default: float) -> float:
     return float(value) if value else default
 
 
+def _choice(environ: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    value = environ.get(name) or choices[0]
+    if value not in choices:
+        raise ValueError(f"{name}={value!r}: expected one of {', '.join(choices)}")
+    return value
+
+
 def _list(environ: Mapping[str, str], name: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in environ.get(name, "").split(",") if item.strip())
+
+
+def parse_replicas(value: str) -> dict[str, list[str]]:
+    """`family=URL[,URL...]` entries separated by spaces or semicolons."""
+    replicas: dict[str, list[str]] = {}
+    for entry in value.replace(";", " ").split():
+        family, sep, urls = entry.partition("=")
+        if not sep or not urls.strip(","):
+            raise ValueError(f"YOLO_TOYS_REPLICAS: {entry!r} is not family=URL[,URL...]")
+        replicas[family] = [u.strip() for u in urls.split(",") if u.strip()]
+    return replicas
 
 
 @dataclass(frozen=True)
@@ -46,6 +64,14 @@ class Settings:
     # YOLO_TOYS_RUNNER_PROBE_TIMEOUT_S: a runner that does not answer its /readyz within this twice in
     # a row (probed once a second), or once after a call's connection broke, is down: 503 until it is back.
     runner_probe_timeout_s: float = 2.0
+    # YOLO_TOYS_REPLICAS: several servers of a runner family, `family=URL[,URL...]` separated by spaces;
+    # a `dns+http://NAME:PORT` URL is every address NAME resolves to (yolo_toys/replicas.py).
+    replicas: dict[str, list[str]] = field(default_factory=dict)
+    # YOLO_TOYS_READY_WHEN: the front's /readyz is 200 when `all` runner families have a ready replica
+    # (one server: nothing to route around), or `any` (a cluster: a front whose one family is down still
+    # serves the others, and answers that family's calls 503 with Retry-After, instead of leaving the
+    # load balancer with no front at all).
+    ready_when: str = "all"
     retry_after_s: int = 5  # YOLO_TOYS_RETRY_AFTER_S: the Retry-After of a 503
     catalog: Path = DEFAULT_CATALOG  # YOLO_TOYS_CATALOG
     weights: Path | None = None  # YOLO_TOYS_WEIGHTS, else ../shared/weights beside the project
@@ -80,6 +106,8 @@ class Settings:
             body_s_per_mib=_float(environ, "YOLO_TOYS_BODY_S_PER_MIB", cls.body_s_per_mib),
             max_uploads=_int(environ, "YOLO_TOYS_MAX_UPLOADS", cls.max_uploads),
             runner_probe_timeout_s=_float(environ, "YOLO_TOYS_RUNNER_PROBE_TIMEOUT_S", cls.runner_probe_timeout_s),
+            replicas=parse_replicas(environ.get("YOLO_TOYS_REPLICAS", "")),
+            ready_when=_choice(environ, "YOLO_TOYS_READY_WHEN", ("all", "any")),
             retry_after_s=_int(environ, "YOLO_TOYS_RETRY_AFTER_S", cls.retry_after_s),
             catalog=Path(environ.get("YOLO_TOYS_CATALOG") or DEFAULT_CATALOG),
             weights=Path(weights).expanduser().resolve() if weights else (shared if shared.is_dir() else None),

@@ -1,0 +1,171 @@
+"""One Bento in three roles, and runner replicas that fail over with nothing lost (issue 11).
+
+Each role runs with the container arguments of the Kubernetes manifests (tests/manifests.py), as a
+`start-http-server` process of its own on a loopback port, wired by `--depends` and
+`YOLO_TOYS_REPLICAS`: what the cluster runs, on one machine.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from cluster import Cluster, Load, Role, cluster
+from conftest import Server, bus_jpg
+from manifests import role_specs
+
+pytestmark = pytest.mark.serve
+
+
+def detect(url: str) -> list[tuple[str, float]]:
+    r = httpx.post(f"{url}/detect", files={"image": ("bus.jpg", bus_jpg(), "image/jpeg")}, timeout=120)
+    assert r.status_code == 200, r.text
+    return [(d["label"], round(d["score"], 4)) for d in r.json()["detections"]]
+
+
+def series(front: Role, name: str, family: str = "ultralytics") -> dict[str, float]:
+    """A front metric of the family by its `replica` label (or "" without one), from /metrics."""
+    found: dict[str, float] = {}
+    for line in httpx.get(f"{front.url}/metrics", timeout=30).text.splitlines():
+        if line.startswith(name + "{") and f'family="{family}"' in line:
+            replica = line.split('replica="', 1)[1].split('"', 1)[0] if 'replica="' in line else ""
+            found[replica] = found.get(replica, 0) + float(line.rsplit(" ", 1)[1])
+    return found
+
+
+def calls(front: Role) -> dict[str, float]:
+    return series(front, "yolo_toys_runner_calls_total")
+
+
+@pytest.fixture(scope="module")
+def roles(test_env: dict[str, str], imported: subprocess.CompletedProcess, tmp_path_factory) -> Iterator[Cluster]:
+    with cluster(role_specs("cpu"), test_env, tmp_path_factory.mktemp("roles")) as started:
+        yield started
+
+
+def test_each_role_has_its_own_probes(roles: Cluster) -> None:
+    for role in [roles.front, *(r for rs in roles.runners.values() for r in rs)]:
+        for probe in ("/livez", "/readyz"):
+            assert httpx.get(f"{role.url}{probe}", timeout=10).status_code == 200, (role.name, probe)
+
+
+def test_three_roles_answer_as_the_single_process_service(roles: Cluster, server: Server) -> None:
+    assert detect(roles.front.url) == detect(server.url)
+    assert {"bus", "person"} <= {label for label, _ in detect(roles.front.url)}
+    models = [httpx.get(f"{url}/models", timeout=30).json() for url in (roles.front.url, server.url)]
+    assert models[0] == models[1]
+    photo = {"image": ("bus.jpg", bus_jpg(), "image/jpeg")}
+    answers = [httpx.post(f"{url}/classify", files=photo, data={"model": "tiny-vit"}, timeout=120)
+               for url in (roles.front.url, server.url)]  # fmt: skip
+    assert answers[0].status_code == 200, answers[0].text
+    assert answers[0].json()["top_k"] == answers[1].json()["top_k"]
+
+
+def test_runner_metrics_are_scrapable_from_its_own_server(roles: Cluster) -> None:
+    detect(roles.front.url)
+    [runner] = roles.runners["ultralytics"]
+    text = httpx.get(f"{runner.url}/metrics", timeout=30).text
+    assert 'yolo_toys_runner_inflight{runner="ultralytics"}' in text
+    assert 'yolo_toys_runner_batch_size_count{runner="ultralytics"}' in text
+    assert "bentoml_service_request_total" not in text  # the front's series stay on the front
+
+
+def test_a_family_without_replicas_leaves_the_front_serving_the_others(roles: Cluster) -> None:
+    """With the manifests' YOLO_TOYS_READY_WHEN=any: the transformers runner hangs (SIGSTOP); the front
+    stays ready, answers /detect, and answers the transformers family 503 + Retry-After at once."""
+    assert role_specs("cpu")["front"].env.get("YOLO_TOYS_READY_WHEN") == "any"
+    [runner] = roles.runners["transformers"]
+    [worker] = [p for p in runner.tree() if "_bentoml_impl.worker.service" in " ".join(p.cmdline())]
+    photo = {"image": ("bus.jpg", bus_jpg(), "image/jpeg")}
+    worker.send_signal(signal.SIGSTOP)
+    try:
+        deadline = time.monotonic() + 30
+        while (r := httpx.post(f"{roles.front.url}/classify", files=photo, data={"model": "tiny-vit"}, timeout=30)).status_code == 200:
+            assert time.monotonic() < deadline, "the hung runner was never seen"
+            time.sleep(0.5)
+        assert r.status_code == 503 and r.json()["error"] == "runner unavailable" and r.headers["retry-after"], r.text
+        assert httpx.get(f"{roles.front.url}/readyz", timeout=5).status_code == 200
+        assert {"bus", "person"} <= {label for label, _ in detect(roles.front.url)}
+    finally:
+        worker.send_signal(signal.SIGCONT)
+    assert _wait(lambda: httpx.post(f"{roles.front.url}/classify", files=photo, data={"model": "tiny-vit"},
+                                    timeout=30).status_code == 200, 30)  # fmt: skip
+
+
+def _wait(condition: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
+    return True
+
+
+# ---- replicas ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def replicated(test_env: dict[str, str], imported: subprocess.CompletedProcess, tmp_path: Path) -> Iterator[Cluster]:
+    with cluster(role_specs("cpu"), test_env, tmp_path, replicas={"ultralytics": 2}) as started:
+        yield started
+
+
+def test_a_killed_runner_replica_costs_no_request(replicated: Cluster) -> None:
+    """Two Ultralytics replicas under load; one is killed with SIGKILL (server and workers, as when its
+    pod dies) and restarted: every request is answered 200, and both replicas take calls when both are up."""
+    front, (first, second) = replicated.front, replicated.runners["ultralytics"]
+    with Load(front.url, clients=6) as load:
+        assert load.wait_for(lambda: sum(r[2] == 200 for r in load.rows) >= 30, 120)
+        before = calls(front)
+        first.kill()
+        killed_at = load.now()
+        assert load.wait_for(lambda: sum(r[0] > killed_at + 1 and r[2] == 200 for r in load.rows) >= 20, 120)
+        during = calls(front)
+        replicated.restart(first)
+        replicated.wait_ready([first])
+        restarted_at = load.now()
+        assert load.wait_for(lambda: calls(front).get(first.url, 0) > during.get(first.url, 0) + 10, 120)
+        time.sleep(1)
+    statuses = Counter(r[2] for r in load.rows)
+    assert set(statuses) == {200}, (statuses, [r for r in load.rows if r[2] != 200][:5])
+    share = before[first.url] / (before[first.url] + before[second.url])
+    assert 0.2 < share < 0.8, before  # both take calls; least-in-flight gives the faster one more
+    assert all(p[2] == 200 and p[3] == 200 for p in load.probes), Counter((p[2], p[3]) for p in load.probes)
+    resent = series(front, "yolo_toys_runner_resent_total").get("", 0)
+    assert resent >= 1  # calls were on the killed replica, and were sent again
+    slowest = max(r[1] for r in load.rows if killed_at - 5 < r[0] < restarted_at)
+    print(f"requests: {statuses}; calls before kill {before}; resent {resent}; slowest around the kill {slowest:.2f} s")
+
+
+def test_a_runner_replica_whose_worker_hangs_is_left_out(replicated: Cluster) -> None:
+    """A replica whose server still accepts connections but whose worker no longer answers (SIGSTOP: a
+    hung process, or a worker being restarted by its supervisor): calls waiting on it go to the other
+    replica once the probes find it down, and none fails."""
+    front, (first, _second) = replicated.front, replicated.runners["ultralytics"]
+    [worker] = [p for p in first.tree() if "_bentoml_impl.worker.service" in " ".join(p.cmdline())]
+    with Load(front.url, clients=6) as load:
+        assert load.wait_for(lambda: sum(r[2] == 200 for r in load.rows) >= 20, 120)
+        worker.send_signal(signal.SIGSTOP)
+        stopped_at = load.now()
+        try:
+            assert load.wait_for(lambda: sum(r[0] > stopped_at + 8 and r[2] == 200 for r in load.rows) >= 10, 120)
+        finally:
+            worker.send_signal(signal.SIGCONT)
+        assert load.wait_for(lambda: _ready_replicas(front) == 2, 30)
+    statuses = Counter(r[2] for r in load.rows)
+    assert set(statuses) == {200}, (statuses, [r for r in load.rows if r[2] != 200][:5])
+    slowest = max(r[1] for r in load.rows if r[0] > stopped_at - 5)
+    assert series(front, "yolo_toys_runner_resent_total").get("", 0) >= 1
+    print(f"requests: {statuses}; slowest after the stop {slowest:.2f} s")
+    assert slowest < 2 * 2.0 + 1.0 + 3.0, slowest  # two probe timeouts + one interval + slack for 2 busy cores
+
+
+def _ready_replicas(front: Role) -> float:
+    return series(front, "yolo_toys_runner_replicas_ready").get("", 0.0)
