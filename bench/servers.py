@@ -75,3 +75,15 @@ def _stop(proc: subprocess.Popen) -> None:
     _, alive = psutil.wait_procs(workers, timeout=5)
     for worker in alive:
         worker.kill()
+
+
+def own_home(env: dict[str, str], where: Path) -> dict[str, str]:
+    """`env` with a BentoML home of its own that shares the model store: `bentoml serve` empties its
+    home's Prometheus directory at start, so a second server on one home took the metrics of the
+    first (measured: a running server's model metrics vanished from its /metrics)."""
+    home = where / "bentoml_home"
+    home.mkdir(parents=True, exist_ok=True)
+    store = Path(env.get("BENTOML_HOME") or Path.home() / "bentoml") / "models"
+    if store.is_dir() and not (home / "models").exists():
+        (home / "models").symlink_to(store, target_is_directory=True)
+    return {**env, "BENTOML_HOME": str(home)}

@@ -19,6 +19,7 @@ import psutil
 import pytest
 import yaml
 
+from bench.servers import own_home
 from bench.servers import serving as bench_serving
 from models.catalog import DEFAULT_CATALOG, weights_dir
 from yolo_toys.settings import settings
@@ -160,18 +161,6 @@ class Server:
             return httpx.get(f"{self.url}/readyz", timeout=5).status_code == 200
         except httpx.HTTPError:
             return False
-
-
-def own_home(env: dict[str, str], where: Path) -> dict[str, str]:
-    """`env` with a BentoML home of its own that shares the model store: `bentoml serve` empties its
-    home's Prometheus directory at start, so a second server on one home took the metrics of the
-    first (measured: a running server's model metrics vanished from its /metrics)."""
-    home = where / "bentoml_home"
-    home.mkdir(parents=True, exist_ok=True)
-    store = Path(env["BENTOML_HOME"]) / "models"
-    if store.is_dir() and not (home / "models").exists():
-        (home / "models").symlink_to(store, target_is_directory=True)
-    return {**env, "BENTOML_HOME": str(home)}
 
 
 @contextmanager

@@ -20,9 +20,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bench.servers import free_port
-from cluster import Load
-from conftest import Server, bus_jpg, own_home, serving
+from bench.servers import free_port, own_home
+from conftest import Server, bus_jpg, serving
+from load import Load
 
 pytestmark = pytest.mark.serve
 

@@ -17,31 +17,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cluster import Cluster, Load, Role, cluster
+from bench.cluster import Cluster, cluster
 from conftest import Server, bus_jpg
+from load import Load, detect, killed_replica_costs_no_request, series
 from manifests import role_specs
 
 pytestmark = pytest.mark.serve
-
-
-def detect(url: str) -> list[tuple[str, float]]:
-    r = httpx.post(f"{url}/detect", files={"image": ("bus.jpg", bus_jpg(), "image/jpeg")}, timeout=120)
-    assert r.status_code == 200, r.text
-    return [(d["label"], round(d["score"], 4)) for d in r.json()["detections"]]
-
-
-def series(front: Role, name: str, family: str = "ultralytics") -> dict[str, float]:
-    """A front metric of the family by its `replica` label (or "" without one), from /metrics."""
-    found: dict[str, float] = {}
-    for line in httpx.get(f"{front.url}/metrics", timeout=30).text.splitlines():
-        if line.startswith(name + "{") and f'family="{family}"' in line:
-            replica = line.split('replica="', 1)[1].split('"', 1)[0] if 'replica="' in line else ""
-            found[replica] = found.get(replica, 0) + float(line.rsplit(" ", 1)[1])
-    return found
-
-
-def calls(front: Role) -> dict[str, float]:
-    return series(front, "yolo_toys_runner_calls_total")
 
 
 @pytest.fixture(scope="module")
@@ -118,30 +99,7 @@ def replicated(test_env: dict[str, str], imported: subprocess.CompletedProcess, 
 
 
 def test_a_killed_runner_replica_costs_no_request(replicated: Cluster) -> None:
-    """Two Ultralytics replicas under load; one is killed with SIGKILL (server and workers, as when its
-    pod dies) and restarted: every request is answered 200, and both replicas take calls when both are up."""
-    front, (first, second) = replicated.front, replicated.runners["ultralytics"]
-    with Load(front.url, clients=6) as load:
-        assert load.wait_for(lambda: sum(r[2] == 200 for r in load.rows) >= 30, 120)
-        before = calls(front)
-        first.kill()
-        killed_at = load.now()
-        assert load.wait_for(lambda: sum(r[0] > killed_at + 1 and r[2] == 200 for r in load.rows) >= 20, 120)
-        during = calls(front)
-        replicated.restart(first)
-        replicated.wait_ready([first])
-        restarted_at = load.now()
-        assert load.wait_for(lambda: calls(front).get(first.url, 0) > during.get(first.url, 0) + 10, 120)
-        time.sleep(1)
-    statuses = Counter(r[2] for r in load.rows)
-    assert set(statuses) == {200}, (statuses, [r for r in load.rows if r[2] != 200][:5])
-    share = before[first.url] / (before[first.url] + before[second.url])
-    assert 0.2 < share < 0.8, before  # both take calls; least-in-flight gives the faster one more
-    assert all(p[2] == 200 and p[3] == 200 for p in load.probes), Counter((p[2], p[3]) for p in load.probes)
-    resent = series(front, "yolo_toys_runner_resent_total").get("", 0)
-    assert resent >= 1  # calls were on the killed replica, and were sent again
-    slowest = max(r[1] for r in load.rows if killed_at - 5 < r[0] < restarted_at)
-    print(f"requests: {statuses}; calls before kill {before}; resent {resent}; slowest around the kill {slowest:.2f} s")
+    print(killed_replica_costs_no_request(replicated))
 
 
 def test_a_runner_replica_whose_worker_hangs_is_left_out(replicated: Cluster) -> None:
@@ -158,14 +116,10 @@ def test_a_runner_replica_whose_worker_hangs_is_left_out(replicated: Cluster) ->
             assert load.wait_for(lambda: sum(r[0] > stopped_at + 8 and r[2] == 200 for r in load.rows) >= 10, 120)
         finally:
             worker.send_signal(signal.SIGCONT)
-        assert load.wait_for(lambda: _ready_replicas(front) == 2, 30)
+        replicated.front_sees(timeout=30)
     statuses = Counter(r[2] for r in load.rows)
     assert set(statuses) == {200}, (statuses, [r for r in load.rows if r[2] != 200][:5])
     slowest = max(r[1] for r in load.rows if r[0] > stopped_at - 5)
     assert series(front, "yolo_toys_runner_resent_total").get("", 0) >= 1
     print(f"requests: {statuses}; slowest after the stop {slowest:.2f} s")
     assert slowest < 2 * 2.0 + 1.0 + 3.0, slowest  # two probe timeouts + one interval + slack for 2 busy cores
-
-
-def _ready_replicas(front: Role) -> float:
-    return series(front, "yolo_toys_runner_replicas_ready").get("", 0.0)

@@ -1,31 +1,27 @@
 """The Bento as a cluster runs it: each role a server of its own, wired by `--depends` (issue 11).
 
-A role is started with the container arguments of the Kubernetes manifests (tests/manifests.py), on
+A role is started with its container arguments (the Kubernetes manifests', tests/manifests.py), on
 loopback ports instead of Service names. `Processes` runs a role as `start-http-server` from the
-source tree; the container test (tests/container/) runs the same arguments in the built image.
-`Load` is a set of clients that records every answer while a test kills things.
+source tree; a container launcher (tests/container/) runs the same arguments in the built image.
 """
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import httpx
 import psutil
 
-from bench.servers import free_port
-from conftest import bus_jpg, own_home
-
-ROOT = Path(__file__).resolve().parent.parent
+from bench.servers import ROOT, free_port, own_home
 
 
 @dataclass
@@ -113,11 +109,28 @@ class Cluster:
     front: Role
     runners: dict[str, list[Role]]
     launcher: Launcher
-    args: dict[str, list[str]]
-    env: dict[str, dict[str, str]]
+    args: dict[str, list[str]]  # per role name
+    env: dict[str, dict[str, str]]  # per server (its log's name: each has a BentoML home of its own)
 
     def restart(self, role: Role) -> None:
-        self.launcher.start(role, on_port(self.args[role.name], role.port), self.env[role.name])
+        self.launcher.start(role, on_port(self.args[role.name], role.port), self.env[role.log.stem])
+
+    def front_sees(self, timeout: float = 60) -> None:
+        """Until the front's probes have found every runner server ready (its `/metrics`). With
+        YOLO_TOYS_READY_WHEN=any the front's /readyz is 200 once one family is up, and it probes once
+        a second: a runner that has just become ready may still be `starting` for the front."""
+        listed = bool(self.env["front"].get("YOLO_TOYS_REPLICAS"))  # else one URL per family (a balancer)
+        want = {family: len(roles) if listed else 1 for family, roles in self.runners.items()}
+        deadline = time.monotonic() + timeout
+        while (seen := self._ready_replicas()) != want:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the front sees {seen} ready replicas, not {want}")
+            time.sleep(0.5)
+
+    def _ready_replicas(self) -> dict[str, int]:
+        text = httpx.get(f"{self.front.url}/metrics", timeout=30).text
+        found = re.findall(r'^yolo_toys_runner_replicas_ready\{family="(\w+)"\} (\S+)$', text, re.M)
+        return {family: int(float(value)) for family, value in found}
 
     def wait_ready(self, roles: list[Role], timeout: float = 300) -> None:
         deadline = time.monotonic() + timeout
@@ -135,85 +148,35 @@ def replica_list(runners: dict[str, list[Role]]) -> str:
     return " ".join(f"{family}=" + ",".join(r.url for r in roles) for family, roles in runners.items())
 
 
+Route = Callable[[dict[str, list[Role]]], dict[str, str]]
+
+
 @contextmanager
-def cluster(specs: dict, base_env: dict[str, str], logs: Path, launcher: Launcher | None = None,
-            replicas: dict[str, int] | None = None) -> Iterator[Cluster]:  # fmt: skip
-    """Start every role from `specs` (tests/manifests.py `role_specs`), ready when entered, stopped on exit."""
+def cluster(specs: dict[str, Any], base_env: dict[str, str], logs: Path, launcher: Launcher | None = None,
+            replicas: dict[str, int] | None = None, route: Route | None = None) -> Iterator[Cluster]:  # fmt: skip
+    """Start every role from `specs` (name -> `.args`, `.env`: tests/manifests.py `role_specs`), ready when
+    entered, stopped on exit.
+
+    The front balances over `replicas[family]` servers of each runner (`YOLO_TOYS_REPLICAS`), or, with
+    `route`, calls the one URL per family that `route(runners)` gives (a balancer in between).
+    """
     launcher = launcher or Processes()
     logs.mkdir(parents=True, exist_ok=True)
     families = [name for name in specs if name != "front"]
     runners = {f: [Role(f, free_port(), logs / f"{f}-{i}.log") for i in range((replicas or {}).get(f, 1))] for f in families}
     front = Role("front", free_port(), logs / "front.log")
+    roles = [*(r for rs in runners.values() for r in rs), front]
     # A home of its own per server, as in a pod: a server empties its home's Prometheus directory at start.
-    env = {name: own_home({**base_env, **spec.env}, logs / name) for name, spec in specs.items()}
-    env["front"]["YOLO_TOYS_REPLICAS"] = replica_list(runners)
+    env = {r.log.stem: own_home({**base_env, **specs[r.name].env}, logs / r.log.stem) for r in roles}
+    urls = route(runners) if route else {f: rs[0].url for f, rs in runners.items()}
+    env["front"]["YOLO_TOYS_REPLICAS"] = "" if route else replica_list(runners)
     args = {f: specs[f].args for f in families}
-    args["front"] = with_depends(specs["front"].args, {f: roles[0].url for f, roles in runners.items()})
+    args["front"] = with_depends(specs["front"].args, urls)
     started = Cluster(front, runners, launcher, args, env)
     with ExitStack() as stack:
-        for role in [*(r for roles in runners.values() for r in roles), front]:
+        for role in roles:
             stack.callback(role.stop)
             started.restart(role)
-        started.wait_ready([*(r for roles in runners.values() for r in roles), front])
+        started.wait_ready(roles)
+        started.front_sees()
         yield started
-
-
-class Load:
-    """Clients sending bus.jpg to /detect, and a /readyz and /livez prober, recording every answer.
-
-    `rows`: (started, seconds, status, Retry-After, error); `probes`: (started, seconds, ready, live).
-    """
-
-    def __init__(self, url: str, clients: int = 6) -> None:
-        self.url, self.rows, self.probes, self.stopped = url, [], [], threading.Event()
-        self.threads = [threading.Thread(target=self._client) for _ in range(clients)]
-        self.threads.append(threading.Thread(target=self._prober))
-        self.t0 = time.monotonic()
-
-    def __enter__(self) -> Load:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stopped.set()
-        for t in self.threads:
-            t.join()
-
-    def _client(self) -> None:
-        bus = bus_jpg()
-        with httpx.Client(timeout=60) as client:
-            while not self.stopped.is_set():
-                started = time.monotonic()
-                try:
-                    r = client.post(f"{self.url}/detect", files={"image": ("bus.jpg", bus, "image/jpeg")})
-                    row = (started - self.t0, time.monotonic() - started, r.status_code, r.headers.get("retry-after"),
-                           r.json().get("error") if r.status_code != 200 else None)  # fmt: skip
-                except httpx.HTTPError as exc:
-                    row = (started - self.t0, time.monotonic() - started, 0, None, type(exc).__name__)
-                self.rows.append(row)
-                if row[2] != 200:
-                    time.sleep(0.2)
-
-    def _prober(self) -> None:
-        with httpx.Client(timeout=10) as client:
-            while not self.stopped.is_set():
-                started = time.monotonic()
-                try:
-                    ready = client.get(f"{self.url}/readyz").status_code
-                    live = client.get(f"{self.url}/livez").status_code
-                except httpx.HTTPError:  # the server is gone (the shutdown test)
-                    ready = live = 0
-                self.probes.append((started - self.t0, time.monotonic() - started, ready, live))
-                time.sleep(0.3)
-
-    def now(self) -> float:
-        return time.monotonic() - self.t0
-
-    def wait_for(self, condition: Callable[[], bool], timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if condition():
-                return True
-            time.sleep(0.2)
-        return False
