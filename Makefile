@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-dev.txt | 
 CHROMIUM ?= /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: venv import serve test lint build bench bench-quick bench-limits clean
+.PHONY: venv import serve test lint build container container-test bench bench-quick bench-limits bench-replicas clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,16 @@ test: venv lint $(CHROMIUM)
 build: import
 	$(BIN)/bentoml build
 
+## The Bento as the OCI image yolo-toys:latest: Docker, else buildah, else podman (docs/container.md; 6.9 GB, ~4 min the
+## first time, seconds after a code change). CONTAINER_ARGS="--offline-base": base image from Debian; "--cpu": CPU torch.
+container: build
+	deploy/container.sh $(CONTAINER_ARGS)
+
+## The image checked from outside with buildah: whole Bento, three roles, a replica killed under load (not in `make test`;
+## rebuilds the image first; ~1.5 min once it exists). Writes docs/container.{json,md}.
+container-test: container
+	YOLO_TOYS_CONTAINER_TEST=1 $(BIN)/python -m pytest tests/container $(PYTEST_ARGS)
+
 ## Served vs in-process limit vs a hand-written FastAPI app; writes docs/benchmarks.{md,json} and plots (~20 min).
 ## BENCH_ARGS passes options, e.g. BENCH_ARGS="--server-cpus 0-11 --client-cpus 12-15".
 bench: venv
@@ -52,6 +62,11 @@ bench-quick: venv
 ## writes docs/limits.{md,json} (~15 min; run it alone on the machine). LIMITS_ARGS="--cases depth" runs some tasks.
 bench-limits: venv
 	YOLO_OFFLINE=1 HF_HUB_OFFLINE=1 $(BIN)/python -m bench.limits $(LIMITS_ARGS)
+
+## How calls spread over two runner replicas, per call (the front) vs per connection (a TCP balancer);
+## writes docs/replicas.{md,json} (~4 min; run it alone on the machine).
+bench-replicas: venv
+	YOLO_OFFLINE=1 HF_HUB_OFFLINE=1 $(BIN)/python -m bench.replicas $(REPLICAS_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
