@@ -115,12 +115,12 @@ class Cluster:
     def restart(self, role: Role) -> None:
         self.launcher.start(role, on_port(self.args[role.name], role.port), self.env[role.log.stem])
 
-    def front_sees(self, timeout: float = 60) -> None:
+    def front_sees(self, timeout: float = 60, want: dict[str, int] | None = None) -> None:
         """Until the front's probes have found every runner server ready (its `/metrics`). With
         YOLO_TOYS_READY_WHEN=any the front's /readyz is 200 once one family is up, and it probes once
         a second: a runner that has just become ready may still be `starting` for the front."""
         listed = bool(self.env["front"].get("YOLO_TOYS_REPLICAS"))  # else one URL per family (a balancer)
-        want = {family: len(roles) if listed else 1 for family, roles in self.runners.items()}
+        want = want or {family: len(roles) if listed else 1 for family, roles in self.runners.items()}
         deadline = time.monotonic() + timeout
         while (seen := self._ready_replicas()) != want:
             if time.monotonic() > deadline:
@@ -153,12 +153,16 @@ Route = Callable[[dict[str, list[Role]]], dict[str, str]]
 
 @contextmanager
 def cluster(specs: dict[str, Any], base_env: dict[str, str], logs: Path, launcher: Launcher | None = None,
-            replicas: dict[str, int] | None = None, route: Route | None = None) -> Iterator[Cluster]:  # fmt: skip
+            replicas: dict[str, int] | None = None, route: Route | None = None,
+            listing: Callable[[dict[str, list[Role]]], str] = replica_list,
+            sees: dict[str, int] | None = None) -> Iterator[Cluster]:  # fmt: skip
     """Start every role from `specs` (name -> `.args`, `.env`: tests/manifests.py `role_specs`), ready when
     entered, stopped on exit.
 
-    The front balances over `replicas[family]` servers of each runner (`YOLO_TOYS_REPLICAS`), or, with
-    `route`, calls the one URL per family that `route(runners)` gives (a balancer in between).
+    The front balances over `replicas[family]` servers of each runner (`YOLO_TOYS_REPLICAS`, as
+    `listing(runners)` writes it), or, with `route`, calls the one URL per family that `route(runners)`
+    gives (a balancer in between). Entered once the front sees `sees` ready servers per family (by
+    default every server it was given).
     """
     launcher = launcher or Processes()
     logs.mkdir(parents=True, exist_ok=True)
@@ -169,7 +173,7 @@ def cluster(specs: dict[str, Any], base_env: dict[str, str], logs: Path, launche
     # A home of its own per server, as in a pod: a server empties its home's Prometheus directory at start.
     env = {r.log.stem: own_home({**base_env, **specs[r.name].env}, logs / r.log.stem) for r in roles}
     urls = route(runners) if route else {f: rs[0].url for f, rs in runners.items()}
-    env["front"]["YOLO_TOYS_REPLICAS"] = "" if route else replica_list(runners)
+    env["front"]["YOLO_TOYS_REPLICAS"] = "" if route else listing(runners)
     args = {f: specs[f].args for f in families}
     args["front"] = with_depends(specs["front"].args, urls)
     started = Cluster(front, runners, launcher, args, env)
@@ -178,5 +182,5 @@ def cluster(specs: dict[str, Any], base_env: dict[str, str], logs: Path, launche
             stack.callback(role.stop)
             started.restart(role)
         started.wait_ready(roles)
-        started.front_sees()
+        started.front_sees(want=sees)
         yield started

@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from bench.cluster import Cluster, cluster
+from bench.servers import free_port
 from conftest import Server, bus_jpg
 from load import Load, detect, killed_replica_costs_no_request, series
 from manifests import role_specs
@@ -123,3 +124,35 @@ def test_a_runner_replica_whose_worker_hangs_is_left_out(replicated: Cluster) ->
     assert series(front, "yolo_toys_runner_resent_total").get("", 0) >= 1
     print(f"requests: {statuses}; slowest after the stop {slowest:.2f} s")
     assert slowest < 2 * 2.0 + 1.0 + 3.0, slowest  # two probe timeouts + one interval + slack for 2 busy cores
+
+
+def test_a_dns_name_stands_for_every_address_it_resolves_to(test_env: dict[str, str], imported: subprocess.CompletedProcess,
+                                                            tmp_path: Path) -> None:  # fmt: skip
+    """`dns+http://localhost:PORT`, as the manifests name a headless Service: the front resolves the
+    name and calls the addresses it finds, never the name itself (where localhost is also ::1, on
+    which the runner does not listen, that replica is left out as down)."""
+    dns = lambda runners: " ".join(f"{f}=dns+http://localhost:{rs[0].port}" for f, rs in runners.items())  # noqa: E731
+    with cluster(role_specs("cpu"), test_env, tmp_path, listing=dns) as started:
+        assert {"bus", "person"} <= {label for label, _ in detect(started.front.url)}
+        used = series(started.front, "yolo_toys_runner_calls_total")
+    port = started.runners["ultralytics"][0].port
+    assert set(used) == {f"http://127.0.0.1:{port}"}, used  # the resolved address, not `localhost`
+
+
+def test_a_family_that_never_answered_does_not_stop_the_others(test_env: dict[str, str],
+                                                               imported: subprocess.CompletedProcess, tmp_path: Path) -> None:  # fmt: skip
+    """The transformers replicas point where nothing listens (its pods pending, say): with the manifests'
+    YOLO_TOYS_READY_WHEN=any the front is ready and serves the Ultralytics models; a transformers model,
+    by name or as a task's default, is 503 + Retry-After; /models lists it as not loaded, saying why."""
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    listing = lambda runners: f"ultralytics={runners['ultralytics'][0].url} transformers={nowhere}"  # noqa: E731
+    with cluster(role_specs("cpu"), test_env, tmp_path, listing=listing, sees={"ultralytics": 1, "transformers": 0}) as started:
+        url, photo = started.front.url, {"image": ("bus.jpg", bus_jpg(), "image/jpeg")}
+        assert httpx.get(f"{url}/readyz", timeout=5).status_code == 200
+        assert {"bus", "person"} <= {label for label, _ in detect(url)}
+        for route, data in (("/classify", {"model": "tiny-vit"}), ("/caption", {})):
+            r = httpx.post(f"{url}{route}", files=photo, data=data, timeout=30)
+            assert r.status_code == 503 and r.json()["error"] == "runner unavailable" and r.headers["retry-after"], r.text
+        models = {m["name"]: m for m in httpx.get(f"{url}/models", timeout=30).json()["models"]}
+        assert models["yolo11n"]["loaded"] and not models["tiny-vit"]["loaded"]
+        assert "transformers runner" in models["tiny-vit"]["reason"], models["tiny-vit"]

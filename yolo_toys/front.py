@@ -20,6 +20,7 @@ from prometheus_client import Gauge
 from pydantic import BaseModel
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from models.catalog import load_catalog
 from yolo_toys import workarounds
 from yolo_toys.errors import ServiceError
 from yolo_toys.health import Health
@@ -49,7 +50,9 @@ class Front:
         listed = settings().replicas
         self.runners = {name: self._replicas(name, listed.get(name)) for name in self.families}
         self.health = Health(self.runners)
-        self._status: dict[str, ModelDetail] | None = None
+        self.catalog = load_catalog()
+        self._answers: dict[str, dict[str, ModelDetail]] = {}  # family -> its runner's `status`
+        self._status: dict[str, ModelDetail] | None = None  # all of them, once every family has answered
         self.open_streams = 0
 
     @bentoml.on_startup
@@ -78,15 +81,45 @@ class Front:
     # ---- models ------------------------------------------------------------------------------------
 
     async def model_status(self) -> dict[str, ModelDetail]:
-        """The runners' view of the catalog; fixed once they have started, so asked once."""
-        if self._status is None:
-            answers = [await replicas.call("status") for replicas in self.runners.values()]
-            details = [ModelDetail.model_validate(i) for answer in answers for i in answer]
-            self._status = {d.name: d for d in details}
-            missing = {d.name: d.reason for d in details if not d.loaded}
-            log.info("models loaded: %s; missing: %s", ", ".join(d.name for d in details if d.loaded) or "none",
-                     missing or "none")  # fmt: skip
-        return self._status
+        """The runners' view of the catalog. A family's answer is fixed once its runner has started, so
+        each family is asked until it has answered; one with no ready replica is listed from the
+        catalog as not loaded, with its runner's state as the reason, and the others serve meanwhile."""
+        if self._status is not None:
+            return self._status
+        for family, replicas in self.runners.items():
+            if family not in self._answers and replicas.ready:
+                try:
+                    details = [ModelDetail.model_validate(i) for i in await replicas.call("status")]
+                except ServiceError:  # its replicas went down meanwhile
+                    continue
+                self._answers[family] = {d.name: d for d in details}
+                missing = {d.name: d.reason for d in details if not d.loaded}
+                log.info("%s models loaded: %s; missing: %s", family, ", ".join(d.name for d in details if d.loaded)
+                         or "none", missing or "none")  # fmt: skip
+        status: dict[str, ModelDetail] = {}
+        for family, replicas in self.runners.items():
+            status.update(self._answers.get(family) or self._unanswered(family, replicas.unavailable().detail))
+        if len(self._answers) == len(self.runners):
+            self._status = status
+        return status
+
+    def _unanswered(self, family: str, reason: str) -> dict[str, ModelDetail]:
+        return {e.name: ModelDetail(name=e.name, family=family, task=e.task, default=e.default, loaded=False,
+                                    reason=reason, batching=self.catalog.batching(e)) for e in self.catalog.family(family)}  # fmt: skip
+
+    def resolve(self, models: dict[str, ModelDetail], task: Task, name: str | None, options: PredictOptions) -> ModelDetail:
+        """`tasks.resolve`, except that the named model, or the task's default, of a family whose runner
+        has not answered yet is that runner's 503 with Retry-After: not a 404, nor another family's model."""
+        entries = [e for e in self.catalog.models if (e.name == name if name is not None else e.task == task)]
+        waiting = [e for e in entries if e.family not in self._answers]
+        if first := next((e for e in waiting if name is not None or e.default), None):
+            raise self.runners[first.family].unavailable()
+        try:
+            return resolve(models, task, name, options)
+        except ServiceError as exc:
+            if exc.status == 404 and waiting:
+                raise self.runners[waiting[0].family].unavailable() from None
+            raise
 
     async def models_response(self) -> ModelsResponse | JSONResponse:
         async def listing() -> ModelsResponse:
@@ -117,7 +150,7 @@ class Front:
         """Check, resolve, infer: the outcome of one image, with `total_ms` filled in; raises ServiceError."""
         started = time.perf_counter()
         upload = check_upload(image.data)
-        info = resolve(await self.model_status(), task, name, options)
+        info = self.resolve(await self.model_status(), task, name, options)
         job = InferenceJob(model=info.name, task=task, image=upload.data, options=options, annotate=annotate)
         outcome = await self.call_runner(info.family, job)
         if outcome.error is not None:
@@ -160,7 +193,7 @@ class Front:
         async def stream() -> Response:
             request.check_streamable()
             options = request.options()
-            resolve(await self.model_status(), request.task, request.model, options)
+            self.resolve(await self.model_status(), request.task, request.model, options)
             frames = await asyncio.to_thread(VideoFrames, str(request.video), request.stride, request.max_frames)
             tracker = Tracker(request.tracker) if request.tracking and request.task in TRACKED_TASKS else None
 
