@@ -5,8 +5,8 @@ By default a family has one replica, the address BentoML gives the dependency (a
 `ultralytics=http://10.1.0.7:3000,http://10.1.0.8:3000 transformers=dns+http://runners:3000`, where a
 `dns+` address stands for every address its host name resolves to, looked up again every few seconds
 (a Kubernetes headless Service). Balancing here and not in a TCP balancer: BentoML's client keeps
-connections open, so a per-connection balancer (a ClusterIP Service) pins a front to one replica
-until the load is concurrent (../shared/BENTOML-NOTES.md), and only the caller can resend a call
+connections open, so a per-connection balancer (a ClusterIP Service) keeps one client's calls mostly
+on one replica (docs/replicas.md: 64/36 against 50/50 here), and only the caller can resend a call
 whose replica died under it.
 
 Each call goes to the ready replica with the fewest calls in flight. A replica is left out once its
