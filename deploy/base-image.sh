@@ -43,7 +43,11 @@ case $python_version in
 esac
 
 [[ $(id -u) = 0 ]] || die "debootstrap needs root"
-command -v debootstrap >/dev/null || die "debootstrap missing: apt-get install -y debootstrap"
+if ! command -v debootstrap >/dev/null; then
+    command -v apt-get >/dev/null || die "debootstrap missing: install it from your distribution"
+    log "installing Debian's debootstrap"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >&2
+fi
 command -v "$engine" >/dev/null || die "$engine missing"
 
 work=$(mktemp -d /var/tmp/yolo-toys-base.XXXXXX)
