@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -32,7 +32,6 @@ class Role:
     port: int
     log: Path
     proc: subprocess.Popen | None = None
-    stopped: bool = field(default=False)
 
     @property
     def url(self) -> str:
@@ -43,6 +42,23 @@ class Role:
             return httpx.get(f"{self.url}/readyz", timeout=5).status_code == 200
         except httpx.HTTPError:
             return False
+
+    def wait_ready(self, timeout: float = 300) -> float:
+        """Seconds until `/readyz` answers 200; raises with the log's tail if the server exits or times out."""
+        started = time.monotonic()
+        while not self.ready():
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} on :{self.port} exited:\n{self.log.read_text(errors='replace')[-3000:]}")
+            if time.monotonic() - started > timeout:
+                raise RuntimeError(f"{self.name} on :{self.port} not ready in {timeout:.0f} s:\n"
+                                   f"{self.log.read_text(errors='replace')[-3000:]}")  # fmt: skip
+            time.sleep(0.2)
+        return time.monotonic() - started
+
+    def worker(self) -> psutil.Process:
+        """The server's one worker process (BentoML's service worker under the supervisor)."""
+        [found] = [p for p in self.tree() if "_bentoml_impl.worker.service" in " ".join(p.cmdline())]
+        return found
 
     def tree(self) -> list[psutil.Process]:
         """The server and every process under it (BentoML's workers run in sessions of their own)."""
@@ -135,12 +151,7 @@ class Cluster:
     def wait_ready(self, roles: list[Role], timeout: float = 300) -> None:
         deadline = time.monotonic() + timeout
         for role in roles:
-            while not role.ready():
-                if role.proc is not None and role.proc.poll() is not None:
-                    raise RuntimeError(f"{role.name} on :{role.port} exited:\n{role.log.read_text(errors='replace')[-3000:]}")
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{role.name} on :{role.port} not ready:\n{role.log.read_text(errors='replace')[-3000:]}")
-                time.sleep(0.5)
+            role.wait_ready(max(deadline - time.monotonic(), 0))
 
 
 def replica_list(runners: dict[str, list[Role]]) -> str:

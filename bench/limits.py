@@ -32,7 +32,7 @@ import yaml
 
 from bench.hostile import SHAPES, png
 from bench.realsize import REAL_SIZE, build
-from bench.servers import serving
+from bench.servers import serving, workers
 from models.catalog import DEFAULT_CATALOG, weights_dir
 from yolo_toys.settings import PROJECT_ROOT as ROOT
 from yolo_toys.settings import Settings
@@ -128,19 +128,6 @@ def prepare(work: Path) -> dict[str, str]:
 
 
 # ---- the server's processes and their peak memory ----------------------------------------------------
-
-
-def workers(url: str) -> dict[str, psutil.Process]:
-    """The worker processes of the `bentoml serve` listening on `url`'s port, by service name."""
-    port = url.rsplit(":", 1)[1]
-    [supervisor] = [p for p in psutil.process_iter(["cmdline"])
-                    if "serve" in (p.info["cmdline"] or []) and port in (p.info["cmdline"] or [])]  # fmt: skip
-    found = {}
-    for child in supervisor.children(recursive=True):
-        cmdline = child.cmdline()
-        if "--service-name" in cmdline:
-            found[cmdline[cmdline.index("--service-name") + 1]] = child
-    return found
 
 
 def status_mb(process: psutil.Process, field_name: str) -> float:

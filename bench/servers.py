@@ -87,3 +87,16 @@ def own_home(env: dict[str, str], where: Path) -> dict[str, str]:
     if store.is_dir() and not (home / "models").exists():
         (home / "models").symlink_to(store, target_is_directory=True)
     return {**env, "BENTOML_HOME": str(home)}
+
+
+def workers(url: str) -> dict[str, psutil.Process]:
+    """The worker processes of the `bentoml serve` listening on `url`'s port, by service name."""
+    port = url.rsplit(":", 1)[1]
+    [supervisor] = [p for p in psutil.process_iter(["cmdline"])
+                    if "serve" in (p.info["cmdline"] or []) and port in (p.info["cmdline"] or [])]  # fmt: skip
+    found = {}
+    for child in supervisor.children(recursive=True):
+        cmdline = child.cmdline()
+        if "--service-name" in cmdline:
+            found[cmdline[cmdline.index("--service-name") + 1]] = child
+    return found

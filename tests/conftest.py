@@ -19,7 +19,7 @@ import psutil
 import pytest
 import yaml
 
-from bench.servers import own_home
+from bench.servers import own_home, workers
 from bench.servers import serving as bench_serving
 from models.catalog import DEFAULT_CATALOG, weights_dir
 from yolo_toys.settings import settings
@@ -146,15 +146,7 @@ class Server:
 
     def processes(self) -> dict[str, psutil.Process]:
         """The server's worker processes by service name (`yolo_toys`, `ultralytics`, ...), looked up now."""
-        port = self.url.rsplit(":", 1)[1]
-        [supervisor] = [p for p in psutil.process_iter(["cmdline"])
-                        if "serve" in (p.info["cmdline"] or []) and port in (p.info["cmdline"] or [])]  # fmt: skip
-        workers = {}
-        for child in supervisor.children(recursive=True):
-            cmdline = child.cmdline()
-            if "--service-name" in cmdline:
-                workers[cmdline[cmdline.index("--service-name") + 1]] = child
-        return workers
+        return workers(self.url)
 
     def healthy(self) -> bool:
         try:

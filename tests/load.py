@@ -14,6 +14,16 @@ from bench.cluster import Cluster, Role
 from conftest import bus_jpg
 
 
+def wait_for(condition: Callable[[], bool], timeout: float, every: float = 0.2) -> bool:
+    """Whether `condition()` became true within `timeout` seconds, asked every `every` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(every)
+    return False
+
+
 class Load:
     """Clients sending bus.jpg to /detect, and a /readyz and /livez prober, recording every answer.
 
@@ -67,12 +77,7 @@ class Load:
         return time.monotonic() - self.t0
 
     def wait_for(self, condition: Callable[[], bool], timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if condition():
-                return True
-            time.sleep(0.2)
-        return False
+        return wait_for(condition, timeout)
 
 
 def detect(url: str) -> list[tuple[str, float]]:

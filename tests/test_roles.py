@@ -11,7 +11,7 @@ import signal
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -20,7 +20,7 @@ import pytest
 from bench.cluster import Cluster, cluster
 from bench.servers import free_port
 from conftest import Server, bus_jpg
-from load import Load, detect, killed_replica_costs_no_request, series
+from load import Load, detect, killed_replica_costs_no_request, series, wait_for
 from manifests import role_specs
 
 pytestmark = pytest.mark.serve
@@ -64,7 +64,7 @@ def test_a_family_without_replicas_leaves_the_front_serving_the_others(roles: Cl
     stays ready, answers /detect, and answers the transformers family 503 + Retry-After at once."""
     assert role_specs("cpu")["front"].env.get("YOLO_TOYS_READY_WHEN") == "any"
     [runner] = roles.runners["transformers"]
-    [worker] = [p for p in runner.tree() if "_bentoml_impl.worker.service" in " ".join(p.cmdline())]
+    worker = runner.worker()
     photo = {"image": ("bus.jpg", bus_jpg(), "image/jpeg")}
     worker.send_signal(signal.SIGSTOP)
     try:
@@ -77,17 +77,8 @@ def test_a_family_without_replicas_leaves_the_front_serving_the_others(roles: Cl
         assert {"bus", "person"} <= {label for label, _ in detect(roles.front.url)}
     finally:
         worker.send_signal(signal.SIGCONT)
-    assert _wait(lambda: httpx.post(f"{roles.front.url}/classify", files=photo, data={"model": "tiny-vit"},
-                                    timeout=30).status_code == 200, 30)  # fmt: skip
-
-
-def _wait(condition: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.5)
-    return True
+    assert wait_for(lambda: httpx.post(f"{roles.front.url}/classify", files=photo, data={"model": "tiny-vit"},
+                                    timeout=30).status_code == 200, 30, every=0.5)  # fmt: skip
 
 
 # ---- replicas ---------------------------------------------------------------------------------------------
@@ -108,7 +99,7 @@ def test_a_runner_replica_whose_worker_hangs_is_left_out(replicated: Cluster) ->
     hung process, or a worker being restarted by its supervisor): calls waiting on it go to the other
     replica once the probes find it down, and none fails."""
     front, (first, _second) = replicated.front, replicated.runners["ultralytics"]
-    [worker] = [p for p in first.tree() if "_bentoml_impl.worker.service" in " ".join(p.cmdline())]
+    worker = first.worker()
     with Load(front.url, clients=6) as load:
         assert load.wait_for(lambda: sum(r[2] == 200 for r in load.rows) >= 20, 120)
         worker.send_signal(signal.SIGSTOP)

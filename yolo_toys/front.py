@@ -110,6 +110,8 @@ class Front:
     def resolve(self, models: dict[str, ModelDetail], task: Task, name: str | None, options: PredictOptions) -> ModelDetail:
         """`tasks.resolve`, except that the named model, or the task's default, of a family whose runner
         has not answered yet is that runner's 503 with Retry-After: not a 404, nor another family's model."""
+        if self._status is not None:  # every family has answered: nothing to wait for
+            return resolve(models, task, name, options)
         entries = [e for e in self.catalog.models if (e.name == name if name is not None else e.task == task)]
         waiting = [e for e in entries if e.family not in self._answers]
         if first := next((e for e in waiting if name is not None or e.default), None):

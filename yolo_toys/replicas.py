@@ -80,20 +80,18 @@ class Replica:
 class ReplicaSet:
     """All replicas of one runner family, kept current (probes, DNS) by `watch`."""
 
-    def __init__(self, family: str, sources: list[str], make: Callable[[str], Replica]) -> None:
+    def __init__(self, family: str, sources: list[str], make: Callable[[str], Replica], owned: bool = True) -> None:
         self.family, self.sources, self.make = family, sources, make
         self.replicas: list[Replica] = [make(url) for url in sources if not url.startswith("dns+")]
         self._turn = itertools.count()
         self._resolved_at = 0.0
-        self.owned = True  # its clients are made here, so closed here
+        self.owned = owned  # its clients are made here, so closed here
 
     @classmethod
     def single(cls, family: str, proxy: Any) -> ReplicaSet:
         """The one replica BentoML resolved the dependency to (its own socket, or the `--depends` URL)."""
-        replicas = cls(family, [], lambda url: Replica(family, url, proxy))
-        replicas.replicas = [Replica(family, str(getattr(proxy.to_async, "url", "in-process")), proxy, opened=True)]
-        replicas.owned = False
-        return replicas
+        replica = Replica(family, str(getattr(proxy.to_async, "url", "in-process")), proxy, opened=True)
+        return cls(family, [replica.url], lambda _url: replica, owned=False)
 
     @property
     def ready(self) -> bool:

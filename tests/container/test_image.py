@@ -17,7 +17,6 @@ import json
 import os
 import re
 import subprocess
-import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,18 +46,6 @@ def record(**entries: object) -> None:
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
 
 
-def wait_ready(role: Role, timeout: float = 300) -> float:
-    """Seconds until the role's /readyz answers 200."""
-    started = time.monotonic()
-    while not role.ready():
-        if role.proc is not None and role.proc.poll() is not None:
-            raise RuntimeError(f"{role.name} exited:\n{role.log.read_text(errors='replace')[-3000:]}")
-        if time.monotonic() - started > timeout:
-            raise RuntimeError(f"{role.name} not ready in {timeout} s:\n{role.log.read_text(errors='replace')[-3000:]}")
-        time.sleep(0.2)
-    return time.monotonic() - started
-
-
 @pytest.fixture(scope="module")
 def launcher() -> Iterator[Buildah]:
     if not available():
@@ -77,7 +64,7 @@ def whole(launcher: Buildah, tmp_path_factory: pytest.TempPathFactory) -> dict:
     role = Role("bento", free_port(), tmp_path_factory.mktemp("whole") / "bento.log")
     launcher.run(role, [], {"BENTOML_HOST": "127.0.0.1", "BENTOML_PORT": str(role.port)})
     try:
-        startup = wait_ready(role)
+        startup = role.wait_ready()
         answers = {
             "startup_s": round(startup, 1),
             "detections": detect(role.url),
