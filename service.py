@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import bentoml
 from bentoml.validators import ContentType
-from fastapi import FastAPI, WebSocket
+from fastapi import FastAPI, File, Form, UploadFile, WebSocket
 from starlette.responses import HTMLResponse, JSONResponse
 from starlette.staticfiles import StaticFiles
 
@@ -23,14 +23,26 @@ from runners.runner import with_runners
 from yolo_toys import openapi, tasks
 from yolo_toys import schemas as result
 from yolo_toys.access import Access
+from yolo_toys.errors import STATUSES
 from yolo_toys.front import Front
 from yolo_toys.guards import BodyLimit, ErrorBodies, FormsOnly
 from yolo_toys.health import Probes
-from yolo_toys.schemas import ErrorBody, ModelDetail, ModelsResponse, Task
+from yolo_toys.schemas import (
+    DefaultRequest,
+    ErrorBody,
+    LoadRequest,
+    ManageResult,
+    ModelDetail,
+    ModelsResponse,
+    SplitRequest,
+    Task,
+    UnloadRequest,
+)
 
 extras = FastAPI(title="YOLO-Toys", docs_url=None, redoc_url=None, openapi_url=None)
 extras.mount("/demo", StaticFiles(directory=Path(__file__).parent / "demo", html=True, check_dir=False), name="demo")
 ERRORS = {404: {"model": ErrorBody, "description": "Unknown model"}}
+ADMIN = {status: {"model": ErrorBody, "description": STATUSES[status]} for status in (401, 403, 404, 409, 413, 415, 422, 504)}
 
 
 @extras.get("/", include_in_schema=False)
@@ -122,8 +134,49 @@ class YoloToys(Front):
 
     @extras.get("/models/{name}", response_model=ModelDetail, responses=ERRORS, tags=["Service APIs"])
     async def get_model(self, name: str) -> Any:
-        """One model of the catalog, with its class labels."""
+        """One model, with its versions and their state in every worker, and its class labels."""
         return await self.model_detail(name)
+
+    # ---- model management: admin keys (YOLO_TOYS_ADMIN_KEYS), docs/models.md ----
+
+    @extras.post("/models", response_model=ManageResult, status_code=201, responses=ADMIN, tags=["Model management"])
+    async def register_model(
+        self,
+        artifact: Annotated[UploadFile, File(description="An ONNX file; a zipped OpenVINO export, TensorRT engine or "
+                                             "transformers save_pretrained folder; `.pt` if YOLO_TOYS_ALLOW_PICKLE=1.")],
+        name: Annotated[str, Form(pattern=r"^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$", max_length=63)],
+        family: Annotated[str, Form(examples=["ultralytics"])],
+        task: Annotated[Task, Form()],
+        hf_task: Annotated[str, Form(description="transformers family: the task handler (e.g. `object-detection`).")] = "",
+        description: Annotated[str, Form(max_length=500)] = "",
+        load: Annotated[bool, Form(description="Load the new version once stored.")] = True,
+        default: Annotated[bool, Form(description="Make it the default version (an upgrade).")] = False,
+        timeout_s: Annotated[float, Form(ge=1, le=3600)] = 120.0,
+    ) -> Any:
+        """Register a new model, or a new version of one, from an artifact: checked by loading it, then stored."""
+        form = {"name": name, "family": family, "task": task, "hf_task": hf_task or None, "description": description,
+                "load": load, "default": default, "timeout_s": timeout_s}  # fmt: skip
+        return await self.register(form, artifact)
+
+    @extras.post("/models/{name}/load", response_model=ManageResult, responses=ADMIN, tags=["Model management"])
+    async def load_model(self, name: str, request: LoadRequest) -> Any:
+        """Load a version (the default, else the newest); answers once every worker has it, or it failed."""
+        return await self.manage(name, "load", request)
+
+    @extras.post("/models/{name}/unload", response_model=ManageResult, responses=ADMIN, tags=["Model management"])
+    async def unload_model(self, name: str, request: UnloadRequest) -> Any:
+        """Unload a version, or all of them; its memory is returned once its requests in flight are done."""
+        return await self.manage(name, "unload", request)
+
+    @extras.post("/models/{name}/default", response_model=ManageResult, responses=ADMIN, tags=["Model management"])
+    async def set_default(self, name: str, request: DefaultRequest) -> Any:
+        """Upgrade: load and warm the version, switch to it atomically, unload the previous one once idle."""
+        return await self.manage(name, "default", request)
+
+    @extras.post("/models/{name}/split", response_model=ManageResult, responses=ADMIN, tags=["Model management"])
+    async def split_traffic(self, name: str, request: SplitRequest) -> Any:
+        """Split the requests that name no version between versions by weight (A/B, canary); null clears it."""
+        return await self.manage(name, "split", request)
 
 
 YoloToys.add_asgi_middleware(Access)  # outermost: a refused request costs nothing else

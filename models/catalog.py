@@ -16,27 +16,50 @@ from yolo_toys.settings import DEFAULT_CATALOG, PROJECT_ROOT, settings
 if TYPE_CHECKING:
     from runners.family import Family
 
-__all__ = ["DEFAULT_CATALOG", "PROJECT_ROOT", "Catalog", "ModelEntry", "RunnerSettings", "Source", "load_catalog"]
+__all__ = ["DEFAULT_CATALOG", "PROJECT_ROOT", "Catalog", "ModelEntry", "RunnerSettings", "Source", "VersionPolicy", "load_catalog"]
 
 _STORE_NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$")
 
 
 class Source(BaseModel):
-    """Exactly one of: a path under the weights directory, a hub name."""
+    """Exactly one of: a path under the weights directory, a hub name, an upload (`POST /models`)."""
 
     model_config = ConfigDict(extra="forbid")
 
     local: str | None = Field(None, min_length=1)
     hub: str | None = Field(None, min_length=1)
+    upload: str | None = Field(None, min_length=1, description="The uploaded file's name (registered at runtime).")
 
     @model_validator(mode="after")
     def _one_kind(self) -> Source:
-        if (self.local is None) == (self.hub is None):
-            raise ValueError("a source names exactly one of `local` or `hub`")
+        if sum(kind is not None for kind in (self.local, self.hub, self.upload)) != 1:
+            raise ValueError("a source names exactly one of `local`, `hub` or `upload`")
         return self
 
     def describe(self) -> str:
-        return f"local:{self.local}" if self.local is not None else f"hub:{self.hub}"
+        kind = next(k for k in ("local", "hub", "upload") if getattr(self, k) is not None)
+        return f"{kind}:{getattr(self, kind)}"
+
+
+class VersionPolicy(BaseModel):
+    """Which stored versions a runner loads, as Triton's version policy: the newest `count`, all, or the listed ones.
+
+    The runtime API (`POST /models/{name}/load`, ...) overrides it; the override is kept in the desired
+    state (models/state.py) until the policy is asked for again.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["latest", "all", "specific"] = "latest"
+    count: int = Field(1, ge=1, description="latest: how many of the newest versions.")
+    versions: list[int] = Field(default_factory=list, description="specific: these version numbers.")
+
+    def select(self, stored: list[int]) -> list[int]:
+        if self.kind == "all":
+            return list(stored)
+        if self.kind == "specific":
+            return [v for v in stored if v in self.versions]
+        return sorted(stored)[-self.count :]
 
 
 class RunnerSettings(BaseModel):
@@ -55,6 +78,10 @@ class RunnerSettings(BaseModel):
     workers: int = Field(1, ge=1)
     threads: int = Field(1, ge=1)
     gpu: int = Field(1, ge=0, description="GPUs requested; the runner falls back to CPU without one.")
+    max_loaded_models: int | None = Field(
+        None, ge=1, description="Model versions a worker keeps loaded; beyond it the least recently used is "
+        "unloaded and loaded again on its next request.",
+    )
 
     def batch_cap(self, on_gpu: bool) -> int:
         return (self.gpu_max_batch_size or self.max_batch_size) if on_gpu else self.max_batch_size
@@ -83,6 +110,7 @@ class ModelEntry(BaseModel):
     options: dict[str, Any] = Field(
         default_factory=dict, description="Settings of the model's family, checked by the family (a new family's own)."
     )
+    version_policy: VersionPolicy = Field(default_factory=VersionPolicy, description="Which stored versions are loaded.")
 
     @model_validator(mode="after")
     def _family_fields(self) -> ModelEntry:

@@ -6,11 +6,14 @@ metadata: family, task, class names, source, the entry path to load and sha256 d
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
+import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +25,7 @@ from runners.family import Family, SourceUnavailable
 
 log = logging.getLogger("yolo_toys.models")
 
-__all__ = ["ImportOutcome", "SourceUnavailable", "import_model", "stored"]
+__all__ = ["ImportOutcome", "SourceUnavailable", "StoredVersion", "import_model", "store_upload", "stored", "versions"]
 
 
 @dataclass
@@ -106,6 +109,66 @@ def stored(name: str) -> bentoml.Model | None:
         return bentoml.models.get(f"{name}:latest")
     except NotFound:
         return None
+
+
+@dataclass(frozen=True)
+class StoredVersion:
+    """One version of a model in the store: numbered from 1 in the order the versions were stored."""
+
+    number: int
+    model: bentoml.Model
+
+    @property
+    def weights(self) -> Path:
+        return Path(self.model.path) / self.model.info.metadata["entry"]
+
+    @property
+    def source(self) -> str:
+        return str(self.model.info.metadata.get("source", ""))
+
+    @property
+    def sha256(self) -> str:
+        return str(self.model.info.metadata.get("sha256", ""))
+
+
+def versions(name: str) -> list[StoredVersion]:
+    """Every stored version of `name`, oldest first. BentoML's own versions are random strings; the numbers
+    here are what requests (`model=name:2`), the version policy and the management API use."""
+    try:
+        found = bentoml.models.list(name)
+    except NotFound:
+        return []
+    ordered = sorted(found, key=lambda m: m.info.creation_time)
+    return [StoredVersion(number, model) for number, model in enumerate(ordered, 1)]
+
+
+@contextmanager
+def _store_locked() -> Iterator[None]:
+    """One registration at a time per model store: replicas that share a store (and get the same upload)
+    must find each other's version instead of storing it twice."""
+    home = Path(os.environ.get("BENTOML_HOME") or Path.home() / "bentoml")
+    (home / "models").mkdir(parents=True, exist_ok=True)
+    with open(home / "models" / ".yolo-toys-register.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def store_upload(entry: ModelEntry, family: Family, path: Path, load: str) -> tuple[StoredVersion, bool]:
+    """An uploaded artifact (models/artifacts.py) as a new version, with the metadata and sha256 of an import,
+    and whether it is new: a version with the same sha256 is that version. The family's `inspect` loads it
+    once first, so weights that do not load are never stored."""
+    [source] = entry.sources
+    digests = sha256_tree(path)
+    with _store_locked():
+        same = next((v for v in versions(entry.name) if v.sha256 == combined_digest(digests)), None)
+        if same is not None:
+            return same, False
+        inspected = family.inspect(entry, path.parent / load)
+        model = _store(entry, Fetched(path=path, entry=load, source=source), digests, inspected)
+    return next(v for v in versions(entry.name) if v.model.tag == model.tag), True
 
 
 def import_model(

@@ -35,7 +35,10 @@ MODEL_BATCH = _batch_sizes("yolo_toys_model_batch_size",
                            "Images per inference call, per model (after the adaptive batch is split per model).",
                            "model")  # fmt: skip
 
-Member = tuple[int, DecodedImage, float]  # index in the batch, image fitted for the model, decode + fit milliseconds
+# index in the batch, image fitted for the model, decode + fit milliseconds, milliseconds spent loading the model
+# for it (a cold start: runners/serving.py)
+Member = tuple[int, DecodedImage, float, float]
+Resolve = Callable[[InferenceJob], tuple[Any, float]]  # the loaded model version of a job, and the load milliseconds
 Fit = Callable[[Any, DecodedImage, PredictOptions], DecodedImage]
 
 
@@ -48,15 +51,14 @@ def failed(exc: ServiceError) -> Outcome:
     return Outcome(status=exc.status, error=ErrorBody(error=exc.error, detail=exc.detail))
 
 
-def _member(job: InferenceJob, loaded: Loaded | None, missing: Mapping[str, str], index: int, fit: Fit) -> Member:
-    """Check, decode and fit one request: every limit is checked here, before any inference work."""
-    if loaded is None:
-        raise ServiceError(404, "model not loaded", missing.get(job.model, f"unknown model {job.model!r}"))
+def _member(job: InferenceJob, resolve: Resolve, index: int, fit: Fit) -> tuple[Loaded, Member]:
+    """Resolve, check, decode and fit one request: every limit is checked here, before any inference work."""
+    loaded, load_ms = resolve(job)
     if loaded.entry.task != job.task:
         raise ServiceError(422, "wrong task for model", f"{job.model} serves {loaded.entry.task.value}")
     started = time.perf_counter()
     image = fit(loaded, decode(job.image), job.options)
-    return index, image, (time.perf_counter() - started) * 1000
+    return loaded, (index, image, (time.perf_counter() - started) * 1000, load_ms)
 
 
 Infer = Callable[[Any, list[InferenceJob], list[Member], list[Outcome | None]], None]
@@ -86,26 +88,25 @@ def _run_chunk(infer: Infer, loaded: Loaded, jobs: list[InferenceJob], chunk: li
         infer(loaded, jobs, chunk, outcomes)
     except ServiceError as exc:  # the family refuses these inputs (e.g. an image shape the model cannot take)
         log.info("%s refused %d image(s): %s", loaded.entry.name, len(chunk), exc)
-        for i, _, _ in chunk:
+        for i, *_ in chunk:
             outcomes[i] = failed(exc)
     except Exception as exc:  # a model failure answers its own requests, never the batch
         log.exception("inference failed for %s on %d image(s)", loaded.entry.name, len(chunk))
-        for i, _, _ in chunk:
+        for i, *_ in chunk:
             outcomes[i] = failed(ServiceError(500, "inference failed", f"{type(exc).__name__}: {exc}"))
 
 
-def _run_groups(groups: dict[tuple, list[Member]], models: Mapping[str, Loaded], cap: Callable[[Any], int],
+def _run_groups(groups: dict[tuple, list[Member]], models: Mapping[int, Loaded], cap: Callable[[Any], int],
                 infer: Infer, jobs: list[InferenceJob], outcomes: list[Outcome | None]) -> None:  # fmt: skip
     limit = settings().max_pixels
-    for (model_name, _, _), members in groups.items():
-        for chunk in _chunks(members, cap(models[model_name].entry), limit):
-            _run_chunk(infer, models[model_name], jobs, chunk, outcomes)
+    for (model_id, _, _), members in groups.items():
+        for chunk in _chunks(members, cap(models[model_id].entry), limit):
+            _run_chunk(infer, models[model_id], jobs, chunk, outcomes)
 
 
 def run_batch(
     jobs: list[InferenceJob],
-    models: Mapping[str, Loaded],
-    missing: Mapping[str, str],
+    resolve: Resolve,
     cap: Callable[[Any], int],
     infer: Infer,
     group_key: Callable[[Any, DecodedImage], Hashable] = lambda loaded, image: None,
@@ -121,15 +122,16 @@ def run_batch(
     """
     outcomes: list[Outcome | None] = [None] * len(jobs)
     groups: dict[tuple, list[Member]] = defaultdict(list)
+    models: dict[int, Loaded] = {}  # the versions this batch resolved to: a route switched meanwhile does not move them
     held, limit = 0, settings().max_pixels
     for i, job in enumerate(jobs):
-        loaded = models.get(job.model)
         try:
-            member = _member(job, loaded, missing, i, fit)
+            loaded, member = _member(job, resolve, i, fit)
         except ServiceError as exc:
             outcomes[i] = failed(exc)
             continue
-        groups[(job.model, job.options.model_dump_json(exclude={"top_k"}), group_key(loaded, member[1]))].append(member)
+        models[id(loaded)] = loaded
+        groups[(id(loaded), job.options.model_dump_json(exclude={"top_k"}), group_key(loaded, member[1]))].append(member)
         held += _pixels(member)
         if held >= BATCH_PIXELS_HELD * limit:
             _run_groups(groups, models, cap, infer, jobs, outcomes)

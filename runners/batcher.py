@@ -43,6 +43,11 @@ class Batcher:
         self._loop_task: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"{name}-inference")
 
+    def after_batch(self, work: Callable[[], None]) -> Callable[[], None]:
+        """A call that queues `work` on the inference thread, to run once the batch in progress is done
+        (an unloaded model's memory, held by that batch until then, is given back after it)."""
+        return lambda: self._executor.submit(work) and None
+
     async def submit(self, jobs: list[InferenceJob]) -> list[Outcome]:
         loop = asyncio.get_running_loop()
         if self._loop_task is None:

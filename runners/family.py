@@ -38,6 +38,7 @@ class LoadedModel:
     entry: ModelEntry
     format: str
     source: str = ""  # where the stored weights came from (the runner fills it in from the store)
+    version: int = 1  # its number among the stored versions of the model (models/store.py)
     device: str = "cpu"
     half: bool = False
     labels: dict[int, str] = field(default_factory=dict)

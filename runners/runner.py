@@ -1,9 +1,10 @@
 """The one runner skeleton: a model family behind a BentoML service with adaptive batching.
 
 `runner_service` makes the `@bentoml.service` of one family (service.py makes one per family of
-the catalog). At start-up it loads the family's catalog models from the model store; `status` says
-what it serves, `predict` queues requests for the batcher (runners/batcher.py), and each chunk of a
-batch goes through the family's `infer`, then `to_result` per image.
+the catalog). At start-up it loads the family's models from the model store as the desired state
+says (runners/serving.py); `status` says what it serves, `predict` queues requests for the batcher
+(runners/batcher.py), and each chunk of a batch goes through the family's `infer`, then `to_result`
+per image; `manage` and `register` are the management API's side (runners/manage.py).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import asyncio
 import logging
 import os
 import time
-from pathlib import Path
+from collections.abc import Awaitable
 from typing import Annotated, Any, ClassVar
 
 import bentoml
@@ -22,14 +23,28 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from models.catalog import Catalog, ModelEntry, RunnerSettings, load_catalog
+from models.catalog import Catalog, RunnerSettings, load_catalog
+from models.state import StateFile
 from models.store import stored
+from runners import manage
 from runners.batch import MODEL_BATCH, Member, run_batch
 from runners.batcher import Batcher
 from runners.family import Family, LoadedModel
+from runners.serving import Poller, Served, release_memory
 from yolo_toys import drawing, workarounds
+from yolo_toys.errors import ServiceError
 from yolo_toys.imaging import DecodedImage
-from yolo_toys.schemas import InferenceJob, ModelDetail, Outcome, Timings
+from yolo_toys.schemas import (
+    ErrorBody,
+    InferenceJob,
+    ManageOutcome,
+    ManageResult,
+    ModelAction,
+    ModelDetail,
+    Outcome,
+    RegisterJob,
+    Timings,
+)
 from yolo_toys.shutdown import Drain, before_sigterm
 
 log = logging.getLogger("yolo_toys.runners")
@@ -39,63 +54,34 @@ log = logging.getLogger("yolo_toys.runners")
 Outcomes = Annotated[list[Outcome], ContentType("application/json")]
 
 
-def load_stored(family: Family, entry: ModelEntry) -> LoadedModel:
-    """The entry's weights from the model store, loaded by its family."""
-    model = stored(entry.name)
-    if model is None:
-        raise FileNotFoundError(f"not in the model store; run `python -m models import {entry.name}`")
-    loaded = family.load(entry, Path(model.path) / model.info.metadata["entry"])
-    loaded.source = str(model.info.metadata.get("source", ""))
-    return loaded
-
-
 class FamilyRunner:
-    """What every family's runner service does; `runner_service` binds it to one family."""
+    """What every family's runner service does; `runner_service` binds it to one family.
+
+    Which model versions it serves, and where each request goes, is `self.served` (runners/serving.py),
+    kept in line with the desired state that the management API writes (runners/manage.py).
+    """
 
     family: ClassVar[Family]
 
     def __init__(self) -> None:
         workarounds.install()
         catalog = load_catalog()
-        self.catalog, self.entries = catalog, catalog.family(self.family.name)
-        self.models: dict[str, LoadedModel] = {}
-        self.missing: dict[str, str] = {}
-        for entry in self.entries:
-            self._load(entry)
-        log.info("%s runner ready (pid %d): %s; missing: %s", self.family.name, os.getpid(),
-                 ", ".join(self.models) or "none", ", ".join(self.missing) or "none")  # fmt: skip
-        self.on_gpu = any(m.device.startswith("cuda") for m in self.models.values())
-        settings = catalog.runner(self.family.name)
-        self.batcher = Batcher(self.family.name, self.run, settings.batch_cap(self.on_gpu), settings.max_latency_ms)
+        self.catalog, settings = catalog, catalog.runner(self.family.name)
+        self.batcher = Batcher(self.family.name, self.run, settings.max_batch_size, settings.max_latency_ms)
+        self.served = Served(self.family, catalog, StateFile(), self.batcher.after_batch(release_memory),
+                             settings.max_loaded_models)  # fmt: skip
+        self.served.reconcile(self.served.state.read())
+        self.batcher.max_batch_size = settings.batch_cap(self.served.on_gpu)
+        loaded = [f"{d.name}:{d.default_version}" for d in self.served.details() if d.loaded]
+        log.info("%s runner ready (pid %d): %s", self.family.name, os.getpid(), ", ".join(loaded) or "nothing loaded")
+        Poller(self.served).start()
         self.drain = Drain()
         before_sigterm(self.drain.until_idle)
 
-    def _load(self, entry: ModelEntry) -> None:
-        """Load one model; one that fails is left out with a one-line reason."""
-        started = time.perf_counter()
-        try:
-            self.models[entry.name] = model = load_stored(self.family, entry)
-        except Exception as exc:
-            self.missing[entry.name] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            log.warning("model %s not loaded: %s", entry.name, self.missing[entry.name])
-            return
-        log.info("loaded %s (%s) in %.1f s", entry.name, model.describe(), time.perf_counter() - started)
-
     @bentoml.api
     def status(self) -> list[ModelDetail]:
-        """What this runner serves, and why the rest of its catalog is not loaded."""
-        return [self._detail(entry) for entry in self.entries]
-
-    def _detail(self, entry: ModelEntry) -> ModelDetail:
-        m = self.models.get(entry.name)
-        loaded = {} if m is None else {
-            "source": m.source, "format": m.format, "device": m.device, "half": m.half, "imgsz": m.imgsz,
-            "fixed_imgsz": m.fixed_imgsz, "open_vocabulary": m.open_vocabulary, "labels": m.labels,
-            "label_count": len(m.labels),
-        }  # fmt: skip
-        return ModelDetail(name=entry.name, family=entry.family, task=entry.task, default=entry.default,
-                           loaded=m is not None, reason=self.missing.get(entry.name),
-                           batching=self.catalog.batching(entry, self.on_gpu), **loaded)  # fmt: skip
+        """Every model of the family: its versions and their state in each worker, and why what is not loaded is not."""
+        return self.served.details()
 
     @bentoml.api
     async def predict(self, jobs: list[InferenceJob]) -> Outcomes:
@@ -103,22 +89,37 @@ class FamilyRunner:
         with self.drain.call():
             return await self.batcher.submit(jobs)
 
+    @bentoml.api
+    async def manage(self, action: ModelAction) -> ManageOutcome:
+        """Load, unload, set the default or a traffic split; answers once every worker has it (runners/manage.py)."""
+        with self.drain.call():
+            return await _managed(manage.act(self.served, action))
+
+    @bentoml.api
+    async def register(self, job: RegisterJob) -> ManageOutcome:
+        """Store an uploaded artifact as a new version (checked by loading it once), and load it if asked."""
+        with self.drain.call():
+            return await _managed(manage.register(self.served, job))
+
     def run(self, jobs: list[InferenceJob]) -> list[Outcome]:
         """One batch, on the inference thread."""
-        cap = lambda entry: self.catalog.batching(entry, self.on_gpu).max_batch_size  # noqa: E731
-        return run_batch(jobs, self.models, self.missing, cap, self._infer, self.family.group_key, self.family.fit)
+        cap = lambda entry: self.catalog.batching(entry, self.served.on_gpu).max_batch_size  # noqa: E731
+        return run_batch(jobs, self._resolve, cap, self._infer, self.family.group_key, self.family.fit)
+
+    def _resolve(self, job: InferenceJob) -> tuple[LoadedModel, float]:
+        return self.served.resolve(job.model, job.version)
 
     def _infer(self, model: LoadedModel, jobs: list[InferenceJob], chunk: list[Member], outcomes: list) -> None:
-        """One inference call for images that share a model and options; fills their outcomes."""
-        members = [jobs[i] for i, _, _ in chunk]
+        """One inference call for images that share a model version and options; fills their outcomes."""
+        members = [jobs[i] for i, *_ in chunk]
         with model.lock:
-            inference = self.family.infer(model, [image for _, image, _ in chunk], members[0].options)
+            inference = self.family.infer(model, [image for _, image, _, _ in chunk], members[0].options)
         n = len(chunk)
         MODEL_BATCH.labels(model=model.entry.name).observe(n)
-        for (i, image, decode_ms), job, output in zip(chunk, members, inference.outputs, strict=True):
+        for (i, image, decode_ms, load_ms), job, output in zip(chunk, members, inference.outputs, strict=True):
             timings = Timings(decode_ms=decode_ms, preprocess_ms=inference.preprocess_ms / n,
                               inference_ms=inference.inference_ms / n, postprocess_ms=inference.postprocess_ms / n,
-                              batch_size=n)  # fmt: skip
+                              batch_size=n, load_ms=load_ms)  # fmt: skip
             outcomes[i] = self._outcome(model, job, image, output, timings)
 
     def _outcome(self, model: LoadedModel, job: InferenceJob, image: DecodedImage, output: Any,
@@ -127,8 +128,16 @@ class FamilyRunner:
         started = time.perf_counter()
         result = self.family.to_result(model, output, image.original, job, timings)
         result.timings.postprocess_ms += (time.perf_counter() - started) * 1000
+        result.version = model.version
         jpeg = drawing.render(image.original.rgb, result) if job.annotate else None
         return Outcome(result=result, annotated_jpeg=jpeg)
+
+
+async def _managed(call: Awaitable[ManageResult]) -> ManageOutcome:
+    try:
+        return ManageOutcome(result=await call)
+    except ServiceError as exc:
+        return ManageOutcome(status=exc.status, error=ErrorBody(error=exc.error, detail=exc.detail))
 
 
 class StoredModels(list):

@@ -200,7 +200,7 @@ def test_predict_options_defaults() -> None:
 
 def test_timings_defaults() -> None:
     assert Timings().model_dump() == {"decode_ms": 0.0, "preprocess_ms": 0.0, "inference_ms": 0.0,
-                                      "postprocess_ms": 0.0, "total_ms": 0.0, "batch_size": 1}  # fmt: skip
+                                      "postprocess_ms": 0.0, "total_ms": 0.0, "batch_size": 1, "load_ms": 0.0}  # fmt: skip
 
 
 @pytest.mark.parametrize("cls", [DetectResult, SegmentResult, PoseResult, ClassifyResult, ObbResult,

@@ -9,6 +9,9 @@ One ASGI middleware, outermost of the service's own, so that a refused request c
   which cannot set headers on a WebSocket or a page load, offers the subprotocols `yolo-toys` and
   `yolo-toys.key.<key>` or adds `?api_key=<key>`. A page loaded with `?api_key=` also gets a session
   cookie (an HMAC of the key, never the key), so that its scripts, styles and same-origin calls pass.
+- `YOLO_TOYS_ADMIN_KEYS`: the keys of the model-management routes (every POST under `/models`), sent
+  in a header only. Without any, those routes answer 403; with some, 401 without a valid one. An admin
+  key is also accepted wherever an API key is.
 - `YOLO_TOYS_CORS_ORIGINS`: browser origins allowed to call the API cross-origin and to open the
   WebSocket. None by default: no CORS headers, preflights refused.
 - The WebSocket is refused (403) to a browser page of any other origin, keys or not: a page a user
@@ -117,6 +120,9 @@ class Access:
         config = settings()
         self.app = app
         keys = list(config.api_keys if keys is None else keys)
+        self._required = bool(keys)  # admin keys alone do not close the inference API
+        self._admin = [_digest(k) for k in config.admin_keys]
+        keys += config.admin_keys  # an admin key is also accepted wherever an API key is
         self._keys = [_digest(k) for k in keys]
         self._sessions = [session_token(k) for k in keys]
         self._session_digests = [_digest(s) for s in self._sessions]
@@ -154,7 +160,9 @@ class Access:
         if scope["type"] == "websocket" and not same and normalize_origin(origin or "") not in self.origins:
             detail = f"a page from {origin!r} may not open this WebSocket: same origin or YOLO_TOYS_CORS_ORIGINS only"
             return ServiceError(403, "forbidden", detail), None
-        if not self._keys or self.is_open(scope["path"]):
+        if _manages(scope):
+            return self._admin_check(scope, headers), None
+        if not self._required or self.is_open(scope["path"]):
             return None, None
         presented = _credentials(scope, headers)
         by_key = [_match(value, self._keys) for value in presented]
@@ -166,6 +174,19 @@ class Access:
         if not presented and not cookie:
             return _unauthorized(NEEDS_KEY, 'Bearer realm="yolo-toys"'), None
         return _unauthorized("the API key is not valid", 'Bearer realm="yolo-toys", error="invalid_token"'), None
+
+    def _admin_check(self, scope: Scope, headers: Headers) -> ServiceError | None:
+        """The management routes need an admin key (`YOLO_TOYS_ADMIN_KEYS`), sent in a header: no cookie, no query."""
+        if not self._admin:
+            return ServiceError(403, "model management disabled", "this server has no admin keys; the operator "
+                                "enables the management routes with YOLO_TOYS_ADMIN_KEYS")  # fmt: skip
+        presented = _credentials({**scope, "query_string": b"", "subprotocols": ()}, headers)
+        if any(_match(value, self._admin) is not None for value in presented):
+            return None
+        if not presented:
+            return _unauthorized("model management needs an admin key: `Authorization: Bearer <key>` or "
+                                 "`X-API-Key: <key>`", 'Bearer realm="yolo-toys-admin"')  # fmt: skip
+        return _unauthorized("the admin key is not valid", 'Bearer realm="yolo-toys-admin", error="invalid_token"')
 
     def _login(self, scope: Scope, first: int | None) -> str | None:
         """A `Set-Cookie` value when a GET carried a valid `?api_key=` (`first`: the key it matched; the
@@ -210,6 +231,12 @@ class Access:
         await Response(status_code=204, headers={"Access-Control-Allow-Origin": origin, **CORS_PREFLIGHT})(
             scope, receive, send
         )
+
+
+def _manages(scope: Scope) -> bool:
+    """A model-management call: any POST under /models (yolo_toys/front.py)."""
+    path = scope["path"].rstrip("/")
+    return scope["type"] == "http" and scope["method"] == "POST" and (path == "/models" or path.startswith("/models/"))
 
 
 def _unauthorized(detail: str, challenge: str) -> ServiceError:

@@ -18,15 +18,20 @@ from yolo_toys.schemas import ErrorBody
 # What a client may see, by status: the OpenAPI entries of the routes are built from this table.
 STATUSES: dict[int, str] = {
     400: "Bad request: no or broken image, malformed body, option out of range",
-    401: "No or an invalid API key, when the server has keys (`YOLO_TOYS_API_KEYS`)",
-    403: "A browser origin outside the allow-list (`YOLO_TOYS_CORS_ORIGINS`)",
-    404: "Unknown model, or a model that is not loaded (`detail` says why)",
+    401: "No or an invalid API key, when the server has keys (`YOLO_TOYS_API_KEYS`); no or an invalid admin key "
+    "on a management route",
+    403: "A browser origin outside the allow-list (`YOLO_TOYS_CORS_ORIGINS`); model management without admin keys "
+    "configured (`YOLO_TOYS_ADMIN_KEYS`); a `.pt` upload while pickles are disabled",
+    404: "Unknown model or version, or a model that is not loaded (`detail` says why)",
     405: "Method not allowed on this route",
     408: "The request body was not sent in time; the connection is closed",
-    413: "Request body over the upload limit, or an image over the pixel limit",
-    415: "The file is not an image in a supported format, or the body is not a multipart form",
-    422: "The model cannot serve these options: another task, unknown class ids, missing prompts, ...",
+    409: "A model of that name exists with another family or task",
+    413: "Request body over the upload limit, an image over the pixel limit, or an artifact over its limit",
+    415: "The file is not an image (or a model artifact) in a supported format, or the body is not a multipart form",
+    422: "The model cannot serve these options: another task, unknown class ids, missing prompts, ...; an artifact "
+    "of the wrong task or family, or that does not load",
     503: "A runner is starting, down or overloaded, or too many uploads are in progress; retry after `Retry-After`",
+    504: "A management call's state was not reached within its `timeout_s` (it goes on; see GET /models/{name})",
 }
 
 

@@ -15,8 +15,8 @@ from typing import Any, ClassVar, TypeVar
 
 import bentoml
 from _bentoml_impl.client import RemoteProxy
-from fastapi import WebSocket
-from prometheus_client import Gauge
+from fastapi import UploadFile, WebSocket
+from prometheus_client import Counter, Gauge, Histogram
 from pydantic import BaseModel
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
@@ -26,7 +26,19 @@ from yolo_toys.errors import ServiceError
 from yolo_toys.health import Health
 from yolo_toys.imaging import UploadedFile, check_upload
 from yolo_toys.replicas import Replica, ReplicaSet
-from yolo_toys.schemas import InferenceJob, ModelDetail, ModelInfo, ModelsResponse, Outcome, PredictOptions, Task
+from yolo_toys.schemas import (
+    InferenceJob,
+    ManageOutcome,
+    ManageResult,
+    ModelAction,
+    ModelDetail,
+    ModelInfo,
+    ModelsResponse,
+    Outcome,
+    PredictOptions,
+    RegisterJob,
+    Task,
+)
 from yolo_toys.settings import settings
 from yolo_toys.shutdown import before_sigterm
 from yolo_toys.streaming import Frame, StreamConfig, StreamSession, Tracker
@@ -37,7 +49,23 @@ log = logging.getLogger("yolo_toys")
 
 OPEN_STREAMS = Gauge("yolo_toys_open_streams", "Open WebSocket streams.", multiprocess_mode="livesum")
 
+# Per model version, what an A/B test or a canary compares: answered requests and their latency in the front.
+VERSION_REQUESTS = Counter("yolo_toys_model_version_requests_total", "Requests answered, per model version.",
+                           ["model", "version"])  # fmt: skip
+VERSION_LATENCY = Histogram("yolo_toys_model_version_latency_seconds", "Front-to-answer latency, per model version.",
+                            ["model", "version"], buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))  # fmt: skip
+
 R = TypeVar("R", bound=ImageRequest)
+
+
+def split_version(name: str | None) -> tuple[str | None, int | None]:
+    """`yolo11n:2` is version 2 of yolo11n; `yolo11n` is its default version (or its traffic split)."""
+    if name is None or ":" not in name:
+        return name, None
+    base, _, number = name.rpartition(":")
+    if not number.isdigit() or int(number) < 1 or not base:
+        raise ServiceError(400, "invalid model version", f"{name!r}: name a version as `model:N`, N from 1")
+    return base, int(number)
 
 
 class Front:
@@ -53,6 +81,8 @@ class Front:
         self.catalog = load_catalog()
         self._answers: dict[str, dict[str, ModelDetail]] = {}  # family -> its runner's `status`
         self._status: dict[str, ModelDetail] | None = None  # all of them, once every family has answered
+        self._asked = 0.0  # when `_status` was asked for (monotonic)
+        self._asking = asyncio.Lock()
         self.open_streams = 0
 
     @bentoml.on_startup
@@ -80,27 +110,38 @@ class Front:
 
     # ---- models ------------------------------------------------------------------------------------
 
-    async def model_status(self) -> dict[str, ModelDetail]:
-        """The runners' view of the catalog. A family's answer is fixed once its runner has started, so
-        each family is asked until it has answered; one with no ready replica is listed from the
-        catalog as not loaded, with its runner's state as the reason, and the others serve meanwhile."""
-        if self._status is not None:
+    async def model_status(self, fresh: bool = False) -> dict[str, ModelDetail]:
+        """The runners' view of their models. Asked again when `fresh` (GET /models, a management call) or
+        when older than YOLO_TOYS_MODELS_REFRESH_S (what another front or worker was asked), one refresh at a
+        time while the others use the last view. Until every family has answered, each request asks those
+        that have not; one with no ready replica is listed from the catalog as not loaded, with its runner's
+        state as the reason, and the others serve meanwhile."""
+        due = time.monotonic() - self._asked >= settings().models_refresh_s
+        if self._status is not None and not fresh and (not due or self._asking.locked()):
             return self._status
-        for family, replicas in self.runners.items():
-            if family not in self._answers and replicas.ready:
-                try:
-                    details = [ModelDetail.model_validate(i) for i in await replicas.call("status")]
-                except ServiceError:  # its replicas went down meanwhile
-                    continue
-                self._answers[family] = {d.name: d for d in details}
-                missing = {d.name: d.reason for d in details if not d.loaded}
-                log.info("%s models loaded: %s; missing: %s", family, ", ".join(d.name for d in details if d.loaded)
-                         or "none", missing or "none")  # fmt: skip
+        async with self._asking:
+            if self._status is not None and not fresh and time.monotonic() - self._asked < settings().models_refresh_s:
+                return self._status
+            everyone = fresh or self._status is not None
+            return await self._ask([f for f in self.runners if everyone or f not in self._answers])
+
+    async def _ask(self, families: list[str]) -> dict[str, ModelDetail]:
+        started = time.monotonic()
+        for family in families:
+            if not self.runners[family].ready:
+                continue
+            try:
+                details = [ModelDetail.model_validate(i) for i in await self.runners[family].call("status")]
+            except ServiceError:  # its replicas went down meanwhile: the last answer stands
+                continue
+            if family not in self._answers:
+                log.info("%s models loaded: %s", family, ", ".join(d.name for d in details if d.loaded) or "none")
+            self._answers[family] = {d.name: d for d in details}
         status: dict[str, ModelDetail] = {}
         for family, replicas in self.runners.items():
             status.update(self._answers.get(family) or self._unanswered(family, replicas.unavailable().detail))
         if len(self._answers) == len(self.runners):
-            self._status = status
+            self._status, self._asked = status, started
         return status
 
     def _unanswered(self, family: str, reason: str) -> dict[str, ModelDetail]:
@@ -125,19 +166,61 @@ class Front:
 
     async def models_response(self) -> ModelsResponse | JSONResponse:
         async def listing() -> ModelsResponse:
-            models = await self.model_status()
+            models = await self.model_status(fresh=True)
             return ModelsResponse(models=[ModelInfo.model_validate(d.model_dump(exclude={"labels"})) for d in models.values()])
 
         return await self._respond(listing)
 
     async def model_detail(self, name: str) -> ModelDetail | JSONResponse:
         async def detail() -> ModelDetail:
-            found = (await self.model_status()).get(name)
+            found = (await self.model_status(fresh=True)).get(name)
             if found is None:
                 raise ServiceError(404, "unknown model", f"{name!r} is not in the catalog; see GET /models")
             return found
 
         return await self._respond(detail)
+
+    # ---- model management (admin keys: yolo_toys/access.py) -------------------------------------------
+
+    async def manage(self, name: str, action: str, request: BaseModel) -> ManageResult | JSONResponse:
+        """Load, unload, set the default or a split of a model, on every replica of its runner (runners/manage.py)."""
+
+        async def call() -> ManageResult:
+            info = (await self.model_status(fresh=True)).get(name)
+            if info is None:
+                raise ServiceError(404, "unknown model", f"{name!r} is not a model of this server; see GET /models")
+            return await self._managed(info.family, "manage", ModelAction(action=action, name=name, **request.model_dump()))
+
+        return await self._respond(call)
+
+    async def register(self, form: dict[str, Any], artifact: UploadFile) -> JSONResponse:
+        """A new model, or a new version of one, from an uploaded artifact; 201 with the model as it now is."""
+
+        async def call() -> JSONResponse:
+            family, name = form["family"], form["name"]
+            if family not in self.runners:
+                raise ServiceError(422, "unknown family", f"{family!r}; this server runs {sorted(self.runners)}")
+            existing = (await self.model_status(fresh=True)).get(name)
+            if existing is not None and existing.family != family:
+                raise ServiceError(409, "model exists", f"{name} is a {existing.family} model, not {family}")
+            job = RegisterJob(**form, filename=artifact.filename or "artifact", artifact=await artifact.read())
+            result = await self._managed(family, "register", job)
+            return JSONResponse(result.model_dump(mode="json"), status_code=201)
+
+        return await self._respond(call)
+
+    async def _managed(self, family: str, method: str, job: BaseModel) -> ManageResult:
+        replicas = self.runners[family]
+        answers = [ManageOutcome.model_validate(a) for a in await replicas.broadcast(method, job)]
+        self._asked = 0.0  # the next request asks the runners again
+        refused = next((a for a in answers if a.error is not None), None)
+        if refused is not None:
+            raise ServiceError.from_body(refused.status, refused.error)
+        result = answers[0].result
+        assert result is not None
+        if len(replicas.replicas) > 1:
+            result.message += f" (on {len(answers)} of {len(replicas.replicas)} replicas)"
+        return result
 
     # ---- one image, through its runner ---------------------------------------------------------------
 
@@ -152,13 +235,19 @@ class Front:
         """Check, resolve, infer: the outcome of one image, with `total_ms` filled in; raises ServiceError."""
         started = time.perf_counter()
         upload = check_upload(image.data)
+        name, version = split_version(name)
         info = self.resolve(await self.model_status(), task, name, options)
-        job = InferenceJob(model=info.name, task=task, image=upload.data, options=options, annotate=annotate)
+        job = InferenceJob(model=info.name, version=version, task=task, image=upload.data, options=options,
+                           annotate=annotate)  # fmt: skip
         outcome = await self.call_runner(info.family, job)
         if outcome.error is not None:
             raise ServiceError.from_body(outcome.status, outcome.error)
         if outcome.result is not None:
-            outcome.result.timings.total_ms = (time.perf_counter() - started) * 1000
+            elapsed = time.perf_counter() - started
+            outcome.result.timings.total_ms = elapsed * 1000
+            served_by = {"model": info.name, "version": str(outcome.result.version)}
+            VERSION_REQUESTS.labels(**served_by).inc()
+            VERSION_LATENCY.labels(**served_by).observe(elapsed)
         return outcome
 
     async def answer(self, task: Task, request: type[R], form: dict[str, Any]) -> Any:

@@ -44,7 +44,11 @@ class BodyLimit:
     def __init__(self, app: ASGIApp, max_bytes: int | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes or settings().max_upload_bytes + MULTIPART_OVERHEAD
+        self.artifact_bytes = settings().max_artifact_bytes + MULTIPART_OVERHEAD  # POST /models: a model, not an image
         self.receiving = 0
+
+    def max_for(self, scope: Scope) -> int:
+        return self.artifact_bytes if scope["method"] == "POST" and scope["path"] == "/models" else self.max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -56,8 +60,9 @@ class BodyLimit:
         except ValueError:
             await ServiceError(400, "bad request", "Content-Length is not a number").response()(scope, receive, send)
             return
-        if declared is not None and declared > self.max_bytes:
-            await self.too_large(declared).response()(scope, receive, send)
+        max_bytes = self.max_for(scope)
+        if declared is not None and declared > max_bytes:
+            await self.too_large(declared, max_bytes).response()(scope, receive, send)
             return
         if not declared and b"chunked" not in headers.get(b"transfer-encoding", b""):
             await self.app(scope, receive, send)
@@ -68,19 +73,19 @@ class BodyLimit:
                                             Connection="close")  # fmt: skip
             await busy.response()(scope, receive, send)
             return
-        await _Upload(self, declared).run(scope, receive, send)
+        await _Upload(self, declared, max_bytes).run(scope, receive, send)
 
-    def too_large(self, size: int) -> ServiceError:
-        return ServiceError(413, "request too large", f"request body of {size}+ bytes; the limit is {self.max_bytes} bytes")
+    def too_large(self, size: int, max_bytes: int) -> ServiceError:
+        return ServiceError(413, "request too large", f"request body of {size}+ bytes; the limit is {max_bytes} bytes")
 
 
 class _Upload:
     """One request body on its way in: counted, timed, and the app's answer replaced if it fails."""
 
-    def __init__(self, limit: BodyLimit, declared: int | None) -> None:
-        self.limit, self.received, self.complete = limit, 0, False
+    def __init__(self, limit: BodyLimit, declared: int | None, max_bytes: int) -> None:
+        self.limit, self.max_bytes, self.received, self.complete = limit, max_bytes, 0, False
         s = settings()
-        self.allowed_s = s.body_timeout_s + s.body_s_per_mib * (declared if declared is not None else limit.max_bytes) / MIB
+        self.allowed_s = s.body_timeout_s + s.body_s_per_mib * (declared if declared is not None else max_bytes) / MIB
         self.deadline = time.monotonic() + self.allowed_s
         self.failure: ServiceError | None = None
         limit.receiving += 1
@@ -101,8 +106,8 @@ class _Upload:
         if message["type"] == "http.disconnect":
             self.fail(ServiceError(499, "client closed request", f"after {self.received} bytes"), ClientGone)
         self.received += len(message.get("body", b""))
-        if self.received > self.limit.max_bytes:
-            self.fail(self.limit.too_large(self.received), BodyTooLarge)
+        if self.received > self.max_bytes:
+            self.fail(self.limit.too_large(self.received, self.max_bytes), BodyTooLarge)
         if not message.get("more_body", False):
             self._done()
         return message

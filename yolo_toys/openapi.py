@@ -186,10 +186,16 @@ def finish(doc: dict[str, Any]) -> dict[str, Any]:
     schemas = doc.setdefault("components", {}).setdefault("schemas", {})
     schemas.update(_components([ErrorBody, *RESULTS.values()]))
     for path, item in doc["paths"].items():
-        for operation in item.values():
-            if "x-bentoml-name" in operation or path in ROUTE_ERRORS:
+        for method, operation in item.items():
+            if "x-bentoml-name" in operation or (method == "get" and path in ROUTE_ERRORS):
                 errors = ROUTE_ERRORS.get(path, IMAGE_ROUTE_ERRORS)
                 operation["responses"] = {"200": _ok(path, operation), **_error_responses(errors)}
+                _tidy_form(operation, schemas)
+            elif "multipart/form-data" in operation.get("requestBody", {}).get("content", {}):  # POST /models
+                media = operation["requestBody"]["content"]["multipart/form-data"]
+                media["schema"] = form = dict(schemas[media["schema"]["$ref"].rsplit("/", 1)[1]])
+                form["properties"] = {name: {k: v for k, v in field.items() if k != "contentMediaType"} | {"format": "binary"}
+                                      if "contentMediaType" in field else field for name, field in form["properties"].items()}  # fmt: skip
                 _tidy_form(operation, schemas)
     doc["paths"]["/stream/video"]["post"]["responses"]["200"]["content"] = {"text/event-stream": {"schema": _event_schema()}}
     return _as_openapi30(doc)

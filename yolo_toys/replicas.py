@@ -126,6 +126,19 @@ class ReplicaSet:
                     down.append(replica)
         raise self.unavailable()
 
+    async def broadcast(self, method: str, *args: Any) -> list[Any]:
+        """Call `method` on every ready replica at once (a management call: each replica has its own
+        workers and store); the answers of those that answered, 503 when none is ready or answered."""
+        ready = [r for r in self.replicas if r.health.ready]
+        answers = await asyncio.gather(*(r.call(method, *args) for r in ready), return_exceptions=True)
+        for replica, answer in zip(ready, answers, strict=True):
+            if isinstance(answer, BaseException):
+                log.warning("%s %s on %s failed: %s", self.family, method, replica.url, answer)
+        answered = [a for a in answers if not isinstance(a, BaseException)]
+        if not answered:
+            raise self.unavailable()
+        return answered
+
     def unavailable(self) -> ServiceError:
         if len(self.replicas) == 1:
             return self.replicas[0].health.unavailable()

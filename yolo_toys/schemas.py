@@ -183,6 +183,7 @@ class Timings(BaseModel):
     postprocess_ms: float = 0.0
     total_ms: float = Field(0.0, description="Wall time inside the service, upload parsing excluded.")
     batch_size: int = Field(1, description="How many images shared this image's inference batch.")
+    load_ms: float = Field(0.0, description="Cold start: the model version was loaded for this request (evicted before).")
 
 
 _EXAMPLE_TIMINGS = {
@@ -192,11 +193,13 @@ _EXAMPLE_TIMINGS = {
     "postprocess_ms": 0.8,
     "total_ms": 61.3,
     "batch_size": 1,
+    "load_ms": 0.0,
 }
 
 
 class ResultBase(BaseModel):
     model: str
+    version: int | None = Field(None, description="The model version that produced the result.")
     image: ImageSize
     timings: Timings
 
@@ -210,6 +213,7 @@ class DetectResult(ResultBase):
             "example": {
                 "task": "detect",
                 "model": "yolo11n",
+                "version": 1,
                 "image": {"width": 810, "height": 1080},
                 "detections": [
                     {
@@ -235,6 +239,7 @@ class SegmentResult(ResultBase):
             "example": {
                 "task": "segment",
                 "model": "yolo11n-seg",
+                "version": 1,
                 "image": {"width": 810, "height": 1080},
                 "instances": [
                     {
@@ -261,6 +266,7 @@ class PoseResult(ResultBase):
             "example": {
                 "task": "pose",
                 "model": "yolov8n-pose",
+                "version": 1,
                 "image": {"width": 810, "height": 1080},
                 "instances": [
                     {
@@ -290,6 +296,7 @@ class ClassifyResult(ResultBase):
             "example": {
                 "task": "classify",
                 "model": "yolo11n-cls",
+                "version": 1,
                 "image": {"width": 810, "height": 1080},
                 "top_k": [{"class_id": 654, "label": "minibus", "score": 0.65}],
                 "timings": {
@@ -299,6 +306,7 @@ class ClassifyResult(ResultBase):
                     "postprocess_ms": 0.1,
                     "total_ms": 25.0,
                     "batch_size": 1,
+                    "load_ms": 0.0,
                 },
             }
         }
@@ -314,6 +322,7 @@ class ObbResult(ResultBase):
             "example": {
                 "task": "obb",
                 "model": "yolo11n-obb",
+                "version": 1,
                 "image": {"width": 1024, "height": 768},
                 "detections": [
                     {
@@ -345,6 +354,7 @@ class ZeroShotClassifyResult(ResultBase):
             "example": {
                 "task": "zero_shot_classify",
                 "model": "clip-vit-base-patch32",
+                "version": 1,
                 "image": {"width": 810, "height": 1080},
                 "top_k": [
                     {"class_id": 0, "label": "a bus", "score": 0.93},
@@ -366,6 +376,7 @@ class CaptionResult(ResultBase):
             "example": {
                 "task": "caption",
                 "model": "blip-image-captioning-base",
+                "version": 1,
                 "image": {"width": 810, "height": 1080},
                 "text": "a blue bus parked on the side of a street",
                 "prefix": None,
@@ -385,6 +396,7 @@ class VqaResult(ResultBase):
             "example": {
                 "task": "vqa",
                 "model": "blip-vqa-base",
+                "version": 1,
                 "image": {"width": 810, "height": 1080},
                 "question": "What color is the bus?",
                 "answer": "blue",
@@ -408,6 +420,7 @@ class DepthResult(ResultBase):
             "example": {
                 "task": "depth",
                 "model": "depth-anything-v2-small",
+                "version": 1,
                 "image": {"width": 810, "height": 1080},
                 "depth_png": "iVBORw0KGgoAAAANSUhEUgAA...",
                 "min": 0.0,
@@ -478,6 +491,25 @@ class BatchingInfo(BaseModel):
     max_latency_ms: int
 
 
+VersionState = Literal["loading", "ready", "failed", "unloaded"]
+
+
+class VersionInfo(BaseModel):
+    """One stored version of a model and its state in the runner's worker processes."""
+
+    version: int = Field(description="Numbered in the order the versions entered the model store, from 1.")
+    tag: str = Field(description="The BentoML model-store tag.")
+    state: VersionState
+    reason: str | None = Field(None, description="Why it failed, or why it is not loaded.")
+    default: bool = Field(False, description="Requests without a version get this one (unless a split is set).")
+    weight: int | None = Field(None, description="Its share of a traffic split, in percent of the weights.")
+    load_s: float | None = Field(None, description="Seconds its last load took (warm-up included).")
+    memory_bytes: int | None = Field(None, description="Process memory its load added (RSS, or GPU memory on a GPU).")
+    workers: str = Field("", description="Worker processes in this state out of the runner's live workers, e.g. `2/2`.")
+    source: str = ""
+    sha256: str = ""
+
+
 class ModelInfo(BaseModel):
     """One catalog model as `GET /models` lists it; its labels are at `GET /models/{name}`."""
 
@@ -496,6 +528,9 @@ class ModelInfo(BaseModel):
     open_vocabulary: bool = Field(False, description="Detects what the request's `prompts` name.")
     label_count: int = Field(0, description="How many class labels the model has (0: the caller names them).")
     batching: BatchingInfo
+    default_version: int | None = Field(None, description="The version a request without `name:version` gets.")
+    split: dict[int, int] | None = Field(None, description="Traffic split of requests without a version: weight per version.")
+    versions: list[VersionInfo] = Field(default_factory=list, description="Every version in the model store.")
 
 
 class ModelDetail(ModelInfo):
@@ -519,6 +554,7 @@ class InferenceJob(BaseModel):
     image: bytes = Field(repr=False, description="The uploaded bytes, decoded once in the runner.")
     options: PredictOptions = Field(default_factory=PredictOptions)
     annotate: bool = False
+    version: int | None = Field(None, description="A specific version; none: the default (or the traffic split).")
 
 
 class Outcome(BaseModel):
@@ -526,5 +562,86 @@ class Outcome(BaseModel):
 
     result: TaskResult | None = None
     annotated_jpeg: bytes | None = Field(None, repr=False)
+    status: int = 200
+    error: ErrorBody | None = None
+
+
+# ---- model management (admin keys; yolo_toys/front.py, runners/serving.py) ------------------------
+
+Timeout = Annotated[float, Field(120.0, ge=1, le=3600, description="Seconds to wait for the state to be reached.")]
+
+
+class LoadRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: int | None = Field(None, ge=1, description="The version to load; none: the default, else the newest.")
+    default: bool = Field(False, description="Make it the default version once it is ready (an upgrade).")
+    timeout_s: Timeout = 120.0
+
+
+class UnloadRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: int | None = Field(None, ge=1, description="The version to unload; none: every version of the model.")
+    timeout_s: Timeout = 120.0
+
+
+class DefaultRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = Field(ge=1, description="The new default: loaded and warmed, then switched to atomically.")
+    keep_previous: bool = Field(False, description="Keep the previous default loaded (else unloaded once idle).")
+    timeout_s: Timeout = 120.0
+
+
+class SplitRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    weights: dict[int, int] | None = Field(
+        description="Weight per version (e.g. `{\"1\": 90, \"2\": 10}`) for requests that name no version; null clears it.",
+        examples=[{"1": 90, "2": 10}],
+    )
+    timeout_s: Timeout = 120.0
+
+
+class ModelAction(BaseModel):
+    """A management request as the front hands it to every replica of the model's runner."""
+
+    action: Literal["load", "unload", "default", "split"]
+    name: str
+    version: int | None = None
+    default: bool = False
+    keep_previous: bool = False
+    weights: dict[int, int] | None = None
+    timeout_s: float = 120.0
+
+
+class RegisterJob(BaseModel):
+    """`POST /models` as the front hands it to every replica of the family's runner."""
+
+    name: str
+    family: str
+    task: Task
+    hf_task: str | None = None
+    description: str = ""
+    filename: str
+    artifact: bytes = Field(repr=False)
+    load: bool = True
+    default: bool = False
+    timeout_s: float = 300.0
+
+
+class ManageResult(BaseModel):
+    """The answer of a management call: the model as it now is."""
+
+    model: ModelDetail
+    version: int | None = Field(None, description="The version the call concerned (the new one, for a registration).")
+    message: str
+
+
+class ManageOutcome(BaseModel):
+    """A runner's answer to a management call: the result, or the error the front must send."""
+
+    result: ManageResult | None = None
     status: int = 200
     error: ErrorBody | None = None

@@ -78,6 +78,15 @@ class Settings:
     # YOLO_TOYS_API_KEYS: comma-separated; with any, every path but the health probes and the open
     # paths needs one (yolo_toys/access.py). Kept out of repr so that a logged Settings shows none.
     api_keys: tuple[str, ...] = field(default=(), repr=False)
+    # YOLO_TOYS_ADMIN_KEYS: comma-separated keys of the model-management routes (POST /models...); without
+    # any those routes answer 403. An admin key is also accepted wherever an API key is.
+    admin_keys: tuple[str, ...] = field(default=(), repr=False)
+    allow_pickle: bool = False  # YOLO_TOYS_ALLOW_PICKLE=1: accept `.pt` uploads (loading a PyTorch pickle runs its code)
+    max_artifact_bytes: int = 2 * 1024**3  # YOLO_TOYS_MAX_ARTIFACT_BYTES: one uploaded model artifact (and its unpacked files)
+    state_dir: Path | None = None  # YOLO_TOYS_STATE_DIR: the models' desired state (models/state.py); default: in BENTOML_HOME
+    # YOLO_TOYS_MODELS_REFRESH_S: how old the front's view of the runners' models may get before a request
+    # refreshes it (what another front or worker was asked meanwhile); GET /models always asks.
+    models_refresh_s: float = 2.0
     cors_origins: tuple[str, ...] = ()  # YOLO_TOYS_CORS_ORIGINS: browser origins allowed cross-origin and on the WebSocket
     open_paths: tuple[str, ...] = ()  # YOLO_TOYS_OPEN_PATHS: paths (and what is under them) that need no key
     # What one image may make a model's preprocessing allocate (docs/limits.md, measured by `make bench-limits`).
@@ -112,6 +121,11 @@ class Settings:
             catalog=Path(environ.get("YOLO_TOYS_CATALOG") or DEFAULT_CATALOG),
             weights=Path(weights).expanduser().resolve() if weights else (shared if shared.is_dir() else None),
             api_keys=_list(environ, "YOLO_TOYS_API_KEYS"),
+            admin_keys=_list(environ, "YOLO_TOYS_ADMIN_KEYS"),
+            allow_pickle=environ.get("YOLO_TOYS_ALLOW_PICKLE", "") in ("1", "true", "yes"),
+            max_artifact_bytes=_int(environ, "YOLO_TOYS_MAX_ARTIFACT_BYTES", cls.max_artifact_bytes),
+            state_dir=Path(environ["YOLO_TOYS_STATE_DIR"]) if environ.get("YOLO_TOYS_STATE_DIR") else None,
+            models_refresh_s=_float(environ, "YOLO_TOYS_MODELS_REFRESH_S", cls.models_refresh_s),
             cors_origins=_list(environ, "YOLO_TOYS_CORS_ORIGINS"),
             open_paths=_list(environ, "YOLO_TOYS_OPEN_PATHS"),
             max_input_aspect=_float(environ, "YOLO_TOYS_MAX_INPUT_ASPECT", cls.max_input_aspect),
