@@ -15,7 +15,8 @@ from typing import Annotated, Any
 
 import bentoml
 from bentoml.validators import ContentType
-from fastapi import FastAPI, File, Form, UploadFile, WebSocket
+from fastapi import FastAPI, File, Form, Request, UploadFile, WebSocket
+from fastapi.exceptions import RequestValidationError
 from starlette.responses import HTMLResponse, JSONResponse
 from starlette.staticfiles import StaticFiles
 
@@ -23,7 +24,7 @@ from runners.runner import with_runners
 from yolo_toys import openapi, tasks
 from yolo_toys import schemas as result
 from yolo_toys.access import Access
-from yolo_toys.errors import STATUSES
+from yolo_toys.errors import STATUSES, ServiceError
 from yolo_toys.front import Front
 from yolo_toys.guards import BodyLimit, ErrorBodies, FormsOnly
 from yolo_toys.health import Probes
@@ -42,7 +43,13 @@ from yolo_toys.schemas import (
 extras = FastAPI(title="YOLO-Toys", docs_url=None, redoc_url=None, openapi_url=None)
 extras.mount("/demo", StaticFiles(directory=Path(__file__).parent / "demo", html=True, check_dir=False), name="demo")
 ERRORS = {404: {"model": ErrorBody, "description": "Unknown model"}}
-ADMIN = {status: {"model": ErrorBody, "description": STATUSES[status]} for status in (401, 403, 404, 409, 413, 415, 422, 504)}
+ADMIN = {status: {"model": ErrorBody, "description": STATUSES[status]} for status in (400, 401, 403, 404, 409, 413, 415, 422, 504)}
+
+
+@extras.exception_handler(RequestValidationError)
+async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """A management call's malformed form or JSON: the service's 400 with every field's problem."""
+    return ServiceError(400, "invalid request", [f"{'.'.join(map(str, e['loc'][1:]))}: {e['msg']}" for e in exc.errors()]).response()
 
 
 @extras.get("/", include_in_schema=False)
