@@ -158,7 +158,7 @@ class YoloToys(Front):
         description: Annotated[str, Form(max_length=500)] = "",
         load: Annotated[bool, Form(description="Load the new version once stored.")] = True,
         default: Annotated[bool, Form(description="Make it the default version (an upgrade).")] = False,
-        timeout_s: Annotated[float, Form(ge=1, le=3600)] = 120.0,
+        timeout_s: Annotated[float, Form(ge=1, le=110)] = 100.0,
     ) -> Any:
         """Register a new model, or a new version of one, from an artifact: checked by loading it, then stored."""
         form = {"name": name, "family": family, "task": task, "hf_task": hf_task or None, "description": description,

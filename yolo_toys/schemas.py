@@ -568,7 +568,8 @@ class Outcome(BaseModel):
 
 # ---- model management (admin keys; yolo_toys/front.py, runners/serving.py) ------------------------
 
-Timeout = Annotated[float, Field(120.0, ge=1, le=3600, description="Seconds to wait for the state to be reached.")]
+# Below the front's 120 s request timeout (service.py), which would answer 504 without the state reached so far.
+Timeout = Annotated[float, Field(100.0, ge=1, le=110, description="Seconds to wait for the state to be reached.")]
 
 
 class LoadRequest(BaseModel):
@@ -576,14 +577,14 @@ class LoadRequest(BaseModel):
 
     version: int | None = Field(None, ge=1, description="The version to load; none: the default, else the newest.")
     default: bool = Field(False, description="Make it the default version once it is ready (an upgrade).")
-    timeout_s: Timeout = 120.0
+    timeout_s: Timeout = 100.0
 
 
 class UnloadRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     version: int | None = Field(None, ge=1, description="The version to unload; none: every version of the model.")
-    timeout_s: Timeout = 120.0
+    timeout_s: Timeout = 100.0
 
 
 class DefaultRequest(BaseModel):
@@ -591,7 +592,7 @@ class DefaultRequest(BaseModel):
 
     version: int = Field(ge=1, description="The new default: loaded and warmed, then switched to atomically.")
     keep_previous: bool = Field(False, description="Keep the previous default loaded (else unloaded once idle).")
-    timeout_s: Timeout = 120.0
+    timeout_s: Timeout = 100.0
 
 
 class SplitRequest(BaseModel):
@@ -601,7 +602,7 @@ class SplitRequest(BaseModel):
         description="Weight per version (e.g. `{\"1\": 90, \"2\": 10}`) for requests that name no version; null clears it.",
         examples=[{"1": 90, "2": 10}],
     )
-    timeout_s: Timeout = 120.0
+    timeout_s: Timeout = 100.0
 
 
 class ModelAction(BaseModel):
@@ -613,7 +614,7 @@ class ModelAction(BaseModel):
     default: bool = False
     keep_previous: bool = False
     weights: dict[int, int] | None = None
-    timeout_s: float = 120.0
+    timeout_s: float = 100.0
 
 
 class RegisterJob(BaseModel):
@@ -628,7 +629,7 @@ class RegisterJob(BaseModel):
     artifact: bytes = Field(repr=False)
     load: bool = True
     default: bool = False
-    timeout_s: float = 300.0
+    timeout_s: float = 100.0
 
 
 class ManageResult(BaseModel):
