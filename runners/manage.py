@@ -82,7 +82,7 @@ def plan(action: ModelAction, served: Served) -> tuple[Change, int | None]:
     if action.action == "load" and version is None:
         version = served.default.get(name) or (stored[-1] if stored else None)
         if version is None:
-            raise ServiceError(404, "model not loaded", served._why(name))
+            raise ServiceError(404, "model not loaded", served.why(name))
     current = served.default.get(name)
 
     def change(desired: Desired) -> None:
@@ -126,6 +126,7 @@ def result(served: Served, name: str, version: int | None, message: str, check: 
 
 
 async def act(served: Served, action: ModelAction) -> ManageResult:
+    await asyncio.to_thread(served.refresh)
     change, version = plan(action, served)
     await apply(served, change, action.name, action.timeout_s)
     what = f"version {version}" if version is not None else "every version"

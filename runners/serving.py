@@ -120,12 +120,20 @@ class Served:
 
     def _refresh(self, desired: Desired) -> None:
         """The family's entries (the catalog's and those registered at runtime) and every stored version."""
-        self.entries = {e.name: e for e in self.catalog.family(self.family.name)}
-        self.entries.update({n: e for n, e in desired.registered.items() if e.family == self.family.name})
-        for name in self.entries:
-            known = self.slots.setdefault(name, {})
+        entries = {e.name: e for e in self.catalog.family(self.family.name)}
+        entries.update({n: e for n, e in desired.registered.items() if e.family == self.family.name})
+        slots = dict(self.slots)  # replaced whole: `status` may be reading the old ones in another thread
+        for name in entries:
+            known = dict(slots.get(name, {}))
             for stored in versions(name):
                 known.setdefault(stored.number, Slot(stored))
+            slots[name] = known
+        self.entries, self.slots = entries, slots
+
+    def refresh(self) -> None:
+        """Look at the store again (a version imported by `python -m models import` meanwhile)."""
+        with self._lock:
+            self._refresh(self.desired)
 
     def target(self, name: str, wish: ModelWish) -> list[int]:
         """The versions to keep loaded: those asked for, else the catalog's version policy."""
@@ -159,9 +167,12 @@ class Served:
             self.default.pop(name, None)
         elif slots[wanted].state == "ready" or (slots[wanted].state != "failed" and not serving):
             self.default[name] = wanted
-        elif not serving:
+        elif not serving:  # the wanted version failed and nothing serves: the newest that is ready, if any
             ready = [v for v in self.targets[name] if slots[v].state == "ready"]
-            self.default.pop(name, None) if not ready else self.default.__setitem__(name, max(ready))
+            if ready:
+                self.default[name] = max(ready)
+            else:
+                self.default.pop(name, None)
         split = {v: w for v, w in (wish.split or {}).items() if v in slots and slots[v].state != "failed" and w > 0}
         if split:
             self.splits[name] = (list(split), list(split.values()))
@@ -224,10 +235,11 @@ class Served:
             return random.choices(split[0], split[1])[0]
         version = self.default.get(name)
         if version is None:
-            raise ServiceError(404, "model not loaded", self._why(name))
+            raise ServiceError(404, "model not loaded", self.why(name))
         return version
 
-    def _why(self, name: str) -> str:
+    def why(self, name: str) -> str:
+        """Why a model serves nothing, for a 404 and for `GET /models`."""
         slots = self.slots.get(name, {})
         if not slots:
             return f"not in the model store; run `python -m models import {name}` or register it (POST /models)"
@@ -269,7 +281,7 @@ class Served:
         infos = [self._version(v, s, reports, name, default, split, total) for v, s in sorted(slots.items())]
         loaded = default is not None or name in self.splits
         return ModelDetail(name=name, family=entry.family, task=entry.task, default=entry.default, loaded=loaded,
-                           reason=None if loaded else self._why(name), batching=self.catalog.batching(entry, self.on_gpu),
+                           reason=None if loaded else self.why(name), batching=self.catalog.batching(entry, self.on_gpu),
                            default_version=default, split=split, versions=infos, **info)  # fmt: skip
 
     def _version(self, version: int, slot: Slot, reports: list[WorkerReport], name: str, default: int | None,

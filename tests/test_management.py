@@ -12,7 +12,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 import zipfile
 from collections import Counter
@@ -25,7 +24,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, SHARED_WEIGHTS, Server, bus_jpg, serving
-from load import wait_for
+from load import Load, wait_for
 
 pytestmark = [pytest.mark.serve, pytest.mark.slow]
 
@@ -105,26 +104,13 @@ def runner_workers(server: Server, family: str) -> list[psutil.Process]:
     return found
 
 
-class Clients:
-    """Threads sending bus.jpg to /detect without naming a version; every answer's status, version and labels."""
-
-    def __init__(self, server: Server, clients: int = 4) -> None:
-        self.url, self.rows, self.stop = server.url, [], threading.Event()
-        self.threads = [threading.Thread(target=self._client) for _ in range(clients)]
-
-    def __enter__(self) -> Clients:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join()
+class Clients(Load):
+    """Load's clients and prober, but each answer kept as (started, status, version, labels): the clients
+    send bus.jpg to /detect without naming a version."""
 
     def _client(self) -> None:
         with httpx.Client(timeout=60) as client:
-            while not self.stop.is_set():
+            while not self.stopped.is_set():
                 started = time.monotonic()
                 try:
                     r = client.post(f"{self.url}/detect", files={"image": ("bus.jpg", bus_jpg())})
@@ -198,7 +184,7 @@ def test_upgrade_under_load_fails_no_request_and_every_answer_names_its_version(
     v2 = labels(detect(managed, "yolo11n:2"))
     assert not same(v1, v2), "the two versions must be told apart by their answers"
 
-    with Clients(managed) as clients:
+    with Clients(managed.url, clients=4) as clients:
         time.sleep(3)
         switched = manage(managed, "yolo11n", "default", version=2)
         switched_at = time.monotonic()

@@ -94,6 +94,7 @@ def test_a_restarted_replica_comes_back_with_the_desired_state(replicated: Clust
     detail = on_replica(first)
     assert detail["default_version"] == 2 and states(detail)[2] == "ready", detail
     assert_serving_version_2(replicated)
+    assert len(stored_versions(shared_store(replicated), "yolo11n")) == 2
     answers = [detect(replicated.front) for _ in range(12)]
     assert {(a["model"], a["version"]) for a in answers} == {("yolo11n", 2)}
 
