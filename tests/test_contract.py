@@ -33,8 +33,8 @@ def test_detect_contract(client: TestClient) -> None:
     resp = client.post("/detect", files={"image": ("bus.jpg", bus_jpg(), "image/jpeg")}, data={"conf": "0.5"})
     assert resp.status_code == 200, resp.text
     body = resp.json()
-    assert set(body) == {"task", "model", "image", "timings", "detections"}
-    assert body["task"] == "detect" and body["image"] == {"width": 810, "height": 1080}
+    assert set(body) == {"task", "model", "version", "image", "timings", "detections"}
+    assert body["task"] == "detect" and body["image"] == {"width": 810, "height": 1080} and body["version"] == 1
     first = body["detections"][0]
     assert set(first) == {"box", "score", "class_id", "label", "track_id"} and first["track_id"] is None
     assert set(first["box"]) == {"x1", "y1", "x2", "y2"}
