@@ -54,7 +54,8 @@ container-test: container
 bench: venv
 	YOLO_OFFLINE=1 HF_HUB_OFFLINE=1 $(BIN)/python -m bench $(BENCH_ARGS)
 
-## The regression guard for the hot path: prints the served/limit ratio of yolov8n OpenVINO (~2.5 min).
+## The regression guard for the hot path: prints served/limit and served/benchmark_app (OpenVINO's own inference-only
+## limit, latency and throughput hints) for yolov8n OpenVINO (~3 min).
 bench-quick: venv
 	YOLO_OFFLINE=1 HF_HUB_OFFLINE=1 $(BIN)/python -m bench --quick $(BENCH_ARGS)
 

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from bench import report
-from bench.limit import LimitPoint
+from bench.limit import HardwarePoint, LimitPoint, openvino_limit
 from bench.loadgen import Point, Upload, closed_loop, prime
 from bench.photos import photos
 from bench.servers import pinned, serving
@@ -90,6 +90,20 @@ def measure_limit(name: str, path: Path, cpus: str, batches: list[int], seconds:
     return points
 
 
+def measure_hardware(name: str, path: Path, cpus: str, seconds: float) -> list[HardwarePoint]:
+    """For an OpenVINO export: `benchmark_app` with the latency hint on the first server core, and with the
+    throughput hint on all server cores (the same cores when the server has one)."""
+    xml = next(path.glob("*.xml"), None)
+    if xml is None:
+        return []
+    first = str(min(cpu_set(cpus)))
+    points = [openvino_limit(xml, first, "latency", seconds), openvino_limit(xml, cpus, "throughput", seconds)]
+    for p in points:
+        log(f"limit   {name}: benchmark_app {p.hint} hint on cores {p.cpus}: {p.throughput:.2f} inferences/s, "
+            f"median {p.median_ms:.1f} ms")  # fmt: skip
+    return points
+
+
 def load_levels(what: str, url: str, route: str, levels: list[int], seconds: float, warmup: float,
                 fields: dict[str, str]) -> list[Point]:
     uploads = [Upload("image", name, data) for name, data in zip(("bus.jpg", "zidane.jpg"), photos(), strict=True)]
@@ -140,6 +154,8 @@ def main() -> None:
     for name in names:
         results["models"][name]["limit"] = [p.model_dump() for p in
                                             measure_limit(name, paths[name], server_cpus, batches, seconds / 2, env)]
+        hardware = measure_hardware(name, paths[name], server_cpus, seconds) if paths[name].is_dir() else []
+        results["models"][name]["hardware"] = [p.model_dump() for p in hardware]
 
     with serving([str(BIN / "bentoml"), "serve", "service:YoloToys", "--host", "127.0.0.1", "--port", "{port}"],
                  env, server_cpus, "/readyz", args.work / "logs" / "served.log") as url:  # fmt: skip

@@ -1,8 +1,12 @@
-"""The in-process limit: the model called directly, from encoded image bytes to its result objects.
+"""The limits a served model is measured against.
 
+The in-process limit: the model called directly, from encoded image bytes to its result objects.
 Decode (OpenCV for Ultralytics, PIL for transformers, as their docs do), preprocess, inference and
 postprocess, in one Python process with nothing else: what serving can at best approach on the same
 cores. Run as `python -m bench.limit MODEL PATH --batches 1 4 8 --seconds 10` (prints JSON).
+
+The hardware's limit for an OpenVINO export: OpenVINO's own `benchmark_app` (installed with the
+`openvino` wheel), inference only, on random inputs: `openvino_limit`.
 """
 
 from __future__ import annotations
@@ -10,6 +14,8 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import re
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -28,6 +34,27 @@ class LimitPoint(BaseModel):
     throughput: float  # images per second
     p50_ms: float  # per batch call
     p99_ms: float
+
+
+class HardwarePoint(BaseModel):
+    """`benchmark_app` on some cores with one performance hint: inference only, no decode, no pre/postprocessing."""
+
+    hint: str  # latency: one inference at a time; throughput: as many streams as OpenVINO picks for the cores
+    cpus: str
+    throughput: float  # inferences per second
+    median_ms: float
+
+
+def openvino_limit(xml: Path, cpus: str, hint: str, seconds: float) -> HardwarePoint:
+    """OpenVINO's `benchmark_app` on the export `xml`, pinned to `cpus` with `taskset`."""
+    command = ["taskset", "-c", cpus, str(Path(sys.executable).parent / "benchmark_app"), "-m", str(xml), "-d", "CPU",
+               "-hint", hint, "-t", str(int(seconds))]  # fmt: skip
+    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    found = {key: re.search(rf"{key}:\s+([\d.]+)", out) for key in ("Throughput", "Median")}
+    if not all(found.values()):
+        raise RuntimeError(f"benchmark_app printed no throughput or median: {out[-500:]}")
+    return HardwarePoint(hint=hint, cpus=cpus, throughput=float(found["Throughput"][1]),
+                         median_ms=float(found["Median"][1]))  # fmt: skip
 
 
 def ultralytics_pipeline(path: str) -> Callable[[list[bytes]], object]:

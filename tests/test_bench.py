@@ -29,6 +29,8 @@ RESULTS = {
         "limit": [{"batch": 1, "images": 100, "seconds": 10.0, "throughput": 10.0, "p50_ms": 100.0, "p99_ms": 110.0},
                   {"batch": 4, "images": 120, "seconds": 10.0, "throughput": 12.0, "p50_ms": 330.0, "p99_ms": 340.0}],
         "served": [point(1, 9.0, 104.0, 120.0), point(16, 11.5, 1300.0, 1400.0)],
+        "hardware": [{"hint": "latency", "cpus": "0", "throughput": 23.0, "median_ms": 40.0},
+                     {"hint": "throughput", "cpus": "0", "throughput": 25.0, "median_ms": 70.0}],
         "baseline": [point(1, 9.5, 101.0, 115.0), point(16, 9.0, 1700.0, 2000.0)],
     }},
     "soak": {"model": "m", **point(16, 11.0, 1400.0, 1500.0, failures=1)},
@@ -42,6 +44,7 @@ def test_ratios_compare_best_served_with_best_limit_and_c16_with_the_baseline() 
     assert r["p50_gap_ms"] == pytest.approx(4.0)  # against the batch-1 limit
     assert r["vs_baseline"] == pytest.approx(11.5 / 9.0)
     assert (r["p99_served"], r["p99_baseline"]) == (1400.0, 2000.0)
+    assert r["vs_latency_hint"] == pytest.approx(11.5 / 23.0) and r["vs_throughput_hint"] == pytest.approx(11.5 / 25.0)
 
 
 def test_targets_mark_what_is_met_and_what_is_missed() -> None:
@@ -63,6 +66,8 @@ def test_report_writes_markdown_and_one_plot_per_model(tmp_path: Path) -> None:
     text = (tmp_path / "benchmarks.md").read_text()
     assert "python -m bench" in text and "test cpu" in text and "no GPU" in text
     assert "| YOLO-Toys | c=16 | 11.50 |" in text and "| hand-written FastAPI | c=1 | 9.50 |" in text
+    assert "| benchmark_app, latency hint, cores 0 | inference only | 23.00 | 40.0 |" in text
+    assert "served / benchmark_app, throughput hint (inference only) | 11.50 / 25.00 = **0.460**" in text
     assert (tmp_path / "bench" / "m.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -79,3 +84,8 @@ def test_cores_are_split_between_server_and_load() -> None:
     server, client = split_cores(None, None)
     assert cpu_set(server) | cpu_set(client) == set(cores) and not cpu_set(server) & cpu_set(client)
     assert len(cpu_set(client)) == max(1, len(cores) // 4)
+
+
+def test_quick_summary_names_the_hardware_limit() -> None:
+    summary = report.quick_summary(RESULTS)
+    assert "served/limit = 0.958" in summary and "served/benchmark_app latency hint = 0.500 (23.00/s)" in summary
