@@ -24,7 +24,7 @@ from bench import report
 from bench.limit import HardwarePoint, LimitPoint, openvino_limit
 from bench.loadgen import Point, Upload, closed_loop, prime
 from bench.photos import photos
-from bench.servers import pinned, serving
+from bench.servers import cpu_seconds, pinned, server_processes, serving
 from bench.setup import BY_NAME, MODELS, ROOT, prepare
 
 BIN = Path(sys.executable).parent
@@ -105,14 +105,20 @@ def measure_hardware(name: str, path: Path, cpus: str, seconds: float) -> list[H
 
 
 def load_levels(what: str, url: str, route: str, levels: list[int], seconds: float, warmup: float,
-                fields: dict[str, str]) -> list[Point]:
+                fields: dict[str, str], program: str = "bentoml") -> list[Point]:
+    """Each load level in turn, with the CPU time each server process spent per request over the level."""
     uploads = [Upload("image", name, data) for name, data in zip(("bus.jpg", "zidane.jpg"), photos(), strict=True)]
     prime(url + route, uploads, fields)
+    processes = server_processes(url, program)
     points = []
     for c in levels:
+        before = cpu_seconds(processes)
         p = closed_loop(url + route, uploads, c, seconds, warmup + c * 0.1, fields)
+        used = cpu_seconds(processes)
+        p.cpu_ms_per_request = {k: round((used[k] - before[k]) * 1000 / max(p.sent, 1), 2) for k in used if k in before}
+        cpu = ", ".join(f"{k} {ms:.1f}" for k, ms in p.cpu_ms_per_request.items())
         log(f"{what} c={c:>3}: {p.throughput:6.2f} req/s, p50 {p.p50_ms:7.1f} ms, p99 {p.p99_ms:7.1f} ms, "
-            f"failures {p.failures} (+{p.failures_warmup} in warm-up)")  # fmt: skip
+            f"failures {p.failures} (+{p.failures_warmup} in warm-up); CPU ms/request: {cpu}")  # fmt: skip
         points.append(p)
     return points
 
@@ -177,7 +183,7 @@ def main() -> None:
             command = [str(BIN / "uvicorn"), "bench.baseline_app:app", "--host", "127.0.0.1", "--port", "{port}",
                        "--log-level", "warning"]  # fmt: skip
             with serving(command, baseline_env, server_cpus, "/health", args.work / "logs" / f"baseline-{name}.log") as url:
-                points = load_levels(f"baseline {name}", url, m.route, levels, seconds, args.warmup, {})
+                points = load_levels(f"baseline {name}", url, m.route, levels, seconds, args.warmup, {}, "uvicorn")
             results["models"][name]["baseline"] = [p.model_dump() for p in points]
 
     results["seconds_total"] = round((datetime.datetime.now(datetime.timezone.utc) - started).total_seconds())

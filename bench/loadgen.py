@@ -26,6 +26,9 @@ class Point(BaseModel):
     failures: int  # non-200 answers and connection errors in the window
     failures_warmup: int
     statuses: dict[str, int]
+    sent: int = 0  # every request of the level, warm-up and the tail after the window included
+    # CPU milliseconds per request of each server process (front, runners) over the whole level: what each hop costs
+    cpu_ms_per_request: dict[str, float] = {}
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,7 @@ async def _run(url: str, uploads: list[Upload], fields: dict[str, str], concurre
         failures=len(measured) - len(ok),
         failures_warmup=sum(1 for s, e, st in log if e < window[0] and st != "200"),
         statuses=dict(statuses),
+        sent=len(log),
         **percentiles(ok),
     )
 

@@ -85,7 +85,9 @@ def quick_summary(results: dict) -> str:
                      f"{r['served_best_c']} vs {r['limit_best']:.2f} img/s at batch {r['limit_best_batch']}), "
                      f"p50 gap at c=1 {r.get('p50_gap_ms', float('nan')):+.1f} ms"
                      + "".join(f"; served/benchmark_app {h} hint = {r[f'vs_{h}_hint']:.3f} ({r[f'{h}_hint']:.2f}/s)"
-                               for h in ("latency", "throughput") if f"vs_{h}_hint" in r))
+                               for h in ("latency", "throughput") if f"vs_{h}_hint" in r)
+                     + "".join(f"; CPU ms/request at c={p['concurrency']}: {_cpu(p)}" for p in model["served"]
+                               if p.get("cpu_ms_per_request")))
     return "\n".join(lines)
 
 
@@ -127,18 +129,23 @@ def plot(name: str, model: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def _cpu(point: dict) -> str:
+    return ", ".join(f"{k} {ms:.1f}" for k, ms in point.get("cpu_ms_per_request", {}).items())
+
+
 def _table(model: dict) -> list[str]:
-    rows = ["| what | load | img/s | p50 ms | p95 ms | p99 ms | failures |", "|---|---|---|---|---|---|---|"]
+    rows = ["| what | load | img/s | p50 ms | p95 ms | p99 ms | failures | CPU ms per request |",
+            "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for p in model["limit"]:
         rows.append(f"| in-process limit | batch {p['batch']} | {p['throughput']:.2f} | {p['p50_ms']:.1f} | | "
-                    f"{p['p99_ms']:.1f} | |")
+                    f"{p['p99_ms']:.1f} | | |")
     for p in model.get("hardware", []):
         rows.append(f"| benchmark_app, {p['hint']} hint, cores {p['cpus']} | inference only | {p['throughput']:.2f} | "
-                    f"{p['median_ms']:.1f} | | | |")
+                    f"{p['median_ms']:.1f} | | | | |")
     for key, label in (("served", "YOLO-Toys"), ("baseline", "hand-written FastAPI")):
         for p in model.get(key, []):
             rows.append(f"| {label} | c={p['concurrency']} | {p['throughput']:.2f} | {p['p50_ms']:.1f} | "
-                        f"{p['p95_ms']:.1f} | {p['p99_ms']:.1f} | {p['failures'] + p['failures_warmup']} |")
+                        f"{p['p95_ms']:.1f} | {p['p99_ms']:.1f} | {p['failures'] + p['failures_warmup']} | {_cpu(p)} |")
     return rows
 
 
@@ -163,6 +170,8 @@ def write(results: dict, out: Path) -> None:
         f"before each level, then {results['settings']['seconds']:.0f} s measured. Failures: any answer but 200.",
         "- **Limit:** the model called in-process on the server's cores, from JPEG bytes to result objects "
         "(decode, preprocess, inference, postprocess), one batch after the other.",
+        "- **CPU per request:** user + system CPU time of each server process (the front `yolo_toys`, each runner; "
+        "the baseline's one process) over a whole load level, warm-up included, divided by the requests sent in it.",
         "- **Baseline:** `bench/baseline_app.py`, the FastAPI app a user would write (one process, model "
         "loaded at start-up, decode and predict in a thread-pool handler behind a lock).",
         "",

@@ -89,14 +89,37 @@ def own_home(env: dict[str, str], where: Path) -> dict[str, str]:
     return {**env, "BENTOML_HOME": str(home)}
 
 
+def _launched(url: str, program: str = "serve") -> psutil.Process:
+    """The process started with `program` (an argument of its command line) and `url`'s port."""
+    port = url.rsplit(":", 1)[1]
+    [process] = [p for p in psutil.process_iter(["cmdline"]) if port in (p.info["cmdline"] or [])
+                 and any(arg == program or arg.endswith(f"/{program}") for arg in p.info["cmdline"])]  # fmt: skip
+    return process
+
+
 def workers(url: str) -> dict[str, psutil.Process]:
     """The worker processes of the `bentoml serve` listening on `url`'s port, by service name."""
-    port = url.rsplit(":", 1)[1]
-    [supervisor] = [p for p in psutil.process_iter(["cmdline"])
-                    if "serve" in (p.info["cmdline"] or []) and port in (p.info["cmdline"] or [])]  # fmt: skip
     found = {}
-    for child in supervisor.children(recursive=True):
+    for child in _launched(url).children(recursive=True):
         cmdline = child.cmdline()
         if "--service-name" in cmdline:
             found[cmdline[cmdline.index("--service-name") + 1]] = child
     return found
+
+
+def cpu_seconds(processes: dict[str, psutil.Process]) -> dict[str, float]:
+    """User + system CPU seconds each process has used so far."""
+    seconds = {}
+    for name, process in processes.items():
+        try:
+            times = process.cpu_times()
+        except psutil.Error:  # gone meanwhile
+            continue
+        seconds[name] = times.user + times.system
+    return seconds
+
+
+def server_processes(url: str, program: str) -> dict[str, psutil.Process]:
+    """The processes that serve `url`: a `bentoml serve`'s workers by service name, else the one process
+    started with `program` (`uvicorn`: the hand-written baseline)."""
+    return workers(url) if program == "bentoml" else {"server": _launched(url, program)}

@@ -28,7 +28,8 @@ RESULTS = {
         "label": "a model", "route": "/detect",
         "limit": [{"batch": 1, "images": 100, "seconds": 10.0, "throughput": 10.0, "p50_ms": 100.0, "p99_ms": 110.0},
                   {"batch": 4, "images": 120, "seconds": 10.0, "throughput": 12.0, "p50_ms": 330.0, "p99_ms": 340.0}],
-        "served": [point(1, 9.0, 104.0, 120.0), point(16, 11.5, 1300.0, 1400.0)],
+        "served": [point(1, 9.0, 104.0, 120.0),
+                   {**point(16, 11.5, 1300.0, 1400.0), "cpu_ms_per_request": {"yolo_toys": 6.5, "ultralytics": 80.25}}],
         "hardware": [{"hint": "latency", "cpus": "0", "throughput": 23.0, "median_ms": 40.0},
                      {"hint": "throughput", "cpus": "0", "throughput": 25.0, "median_ms": 70.0}],
         "baseline": [point(1, 9.5, 101.0, 115.0), point(16, 9.0, 1700.0, 2000.0)],
@@ -67,6 +68,7 @@ def test_report_writes_markdown_and_one_plot_per_model(tmp_path: Path) -> None:
     assert "python -m bench" in text and "test cpu" in text and "no GPU" in text
     assert "| YOLO-Toys | c=16 | 11.50 |" in text and "| hand-written FastAPI | c=1 | 9.50 |" in text
     assert "| benchmark_app, latency hint, cores 0 | inference only | 23.00 | 40.0 |" in text
+    assert "| 0 | yolo_toys 6.5, ultralytics 80.2 |" in text
     assert "served / benchmark_app, throughput hint (inference only) | 11.50 / 25.00 = **0.460**" in text
     assert (tmp_path / "bench" / "m.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -89,3 +91,4 @@ def test_cores_are_split_between_server_and_load() -> None:
 def test_quick_summary_names_the_hardware_limit() -> None:
     summary = report.quick_summary(RESULTS)
     assert "served/limit = 0.958" in summary and "served/benchmark_app latency hint = 0.500 (23.00/s)" in summary
+    assert "CPU ms/request at c=16: yolo_toys 6.5, ultralytics 80.2" in summary
