@@ -49,13 +49,13 @@ container: build
 container-test: container
 	YOLO_TOYS_CONTAINER_TEST=1 $(BIN)/python -m pytest tests/container $(PYTEST_ARGS)
 
-## Served vs in-process limit vs a hand-written FastAPI app; writes docs/benchmarks.{md,json} and plots (~20 min).
+## Served vs in-process limit vs benchmark_app vs a hand-written FastAPI app and LitServe; writes docs/benchmarks.{md,json} and plots (~25 min).
 ## BENCH_ARGS passes options, e.g. BENCH_ARGS="--server-cpus 0-11 --client-cpus 12-15".
 bench: venv
 	YOLO_OFFLINE=1 HF_HUB_OFFLINE=1 $(BIN)/python -m bench $(BENCH_ARGS)
 
-## The regression guard for the hot path: prints served/limit and served/benchmark_app (OpenVINO's own inference-only
-## limit, latency and throughput hints) for yolov8n OpenVINO (~3 min).
+## The regression guard for the hot path: prints served/limit, served/benchmark_app (OpenVINO's own inference-only
+## limit, latency and throughput hints) and served/best peer (hand-written FastAPI, LitServe) for yolov8n OpenVINO (~5 min).
 bench-quick: venv
 	YOLO_OFFLINE=1 HF_HUB_OFFLINE=1 $(BIN)/python -m bench --quick $(BENCH_ARGS)
 

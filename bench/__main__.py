@@ -1,7 +1,8 @@
-"""Benchmark the served endpoint against the in-process limit and a hand-written FastAPI baseline.
+"""Benchmark the served endpoint against the in-process limit, OpenVINO's benchmark_app and the peers
+(a hand-written FastAPI app; LitServe for Ultralytics models).
 
     python -m bench            # make bench: every model, every load level; writes docs/benchmarks.*
-    python -m bench --quick    # make bench-quick: yolov8n OpenVINO only, prints the served/limit ratio
+    python -m bench --quick    # make bench-quick: yolov8n OpenVINO only, prints the ratios
 
 The server (and the in-process limit, and the baseline) run on one set of cores, this process and
 its load generator on the others, so every figure is measured on the same cores.
@@ -104,6 +105,15 @@ def measure_hardware(name: str, path: Path, cpus: str, seconds: float) -> list[H
     return points
 
 
+def peers(family: str) -> list[tuple[str, list[str], str]]:
+    """The other servers of the same model on the same cores: (results key, command, its program)."""
+    found = [("baseline", [str(BIN / "uvicorn"), "bench.baseline_app:app", "--host", "127.0.0.1", "--port", "{port}",
+                           "--log-level", "warning"], "uvicorn")]  # fmt: skip
+    if family == "ultralytics":
+        found.append(("litserve", [sys.executable, "-m", "bench.litserve_app", "--port", "{port}"], "bench.litserve_app"))
+    return found
+
+
 def load_levels(what: str, url: str, route: str, levels: list[int], seconds: float, warmup: float,
                 fields: dict[str, str], program: str = "bentoml") -> list[Point]:
     """Each load level in turn, with the CPU time each server process spent per request over the level."""
@@ -176,15 +186,13 @@ def main() -> None:
                                  {"model": names[0]})  # fmt: skip
             results["soak"] = {"model": names[0], **soak.model_dump()}
 
-    if not quick:
-        for name in names:
-            m = BY_NAME[name]
-            baseline_env = {**env, "BASELINE_FAMILY": m.family, "BASELINE_MODEL": str(paths[name])}
-            command = [str(BIN / "uvicorn"), "bench.baseline_app:app", "--host", "127.0.0.1", "--port", "{port}",
-                       "--log-level", "warning"]  # fmt: skip
-            with serving(command, baseline_env, server_cpus, "/health", args.work / "logs" / f"baseline-{name}.log") as url:
-                points = load_levels(f"baseline {name}", url, m.route, levels, seconds, args.warmup, {}, "uvicorn")
-            results["models"][name]["baseline"] = [p.model_dump() for p in points]
+    for name in names:
+        m = BY_NAME[name]
+        peer_env = {**env, "BASELINE_FAMILY": m.family, "BASELINE_MODEL": str(paths[name])}
+        for peer, command, program in peers(m.family):
+            with serving(command, peer_env, server_cpus, "/health", args.work / "logs" / f"{peer}-{name}.log") as url:
+                points = load_levels(f"{peer:<8} {name}", url, m.route, levels, seconds, args.warmup, {}, program)
+            results["models"][name][peer] = [p.model_dump() for p in points]
 
     results["seconds_total"] = round((datetime.datetime.now(datetime.timezone.utc) - started).total_seconds())
     if quick:

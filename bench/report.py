@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 TARGETS = {"saturation": 0.95, "p50_gap_ms": 5.0, "vs_baseline": 1.2, "baseline_c": 16}
+PEERS = {"baseline": "hand-written FastAPI", "litserve": "LitServe"}  # key in the results -> what it is
 
 
 def _best(points: list[dict], key: str = "throughput") -> dict:
@@ -39,6 +40,11 @@ def ratios(model: dict) -> dict:
     if base and ours:
         out["vs_baseline"] = ours["throughput"] / base["throughput"] if base["throughput"] else float("inf")
         out["p99_served"], out["p99_baseline"] = ours["p99_ms"], base["p99_ms"]
+    peers = {key: at for key in PEERS if (at := _at(model.get(key, []), TARGETS["baseline_c"]))}
+    if peers and ours:
+        best = max(peers, key=lambda key: peers[key]["throughput"])
+        out["best_peer"], out["p99_best_peer"] = best, peers[best]["p99_ms"]
+        out["vs_best_peer"] = ours["throughput"] / peers[best]["throughput"] if peers[best]["throughput"] else float("inf")
     return out
 
 
@@ -65,6 +71,10 @@ def targets_rows(results: dict) -> list[str]:
             rows.append(f"| {name} | c={TARGETS['baseline_c']}: served / baseline throughput; p99 | "
                         f"**{r['vs_baseline']:.2f}x**; {r['p99_served']:.0f} vs {r['p99_baseline']:.0f} ms | "
                         f">= {TARGETS['vs_baseline']}x, lower p99 | {_mark(ok)} |")
+        if "vs_best_peer" in r:
+            rows.append(f"| {name} | best peer, c={TARGETS['baseline_c']}: served / {PEERS[r['best_peer']]}; p99 | "
+                        f"**{r['vs_best_peer']:.2f}x**; {r['p99_served']:.0f} vs {r['p99_best_peer']:.0f} ms | "
+                        "for information | |")
     soak = results.get("soak")
     if soak:
         failures = soak["failures"] + soak["failures_warmup"]
@@ -86,6 +96,8 @@ def quick_summary(results: dict) -> str:
                      f"p50 gap at c=1 {r.get('p50_gap_ms', float('nan')):+.1f} ms"
                      + "".join(f"; served/benchmark_app {h} hint = {r[f'vs_{h}_hint']:.3f} ({r[f'{h}_hint']:.2f}/s)"
                                for h in ("latency", "throughput") if f"vs_{h}_hint" in r)
+                     + (f"; served/best peer ({PEERS[r['best_peer']]}) at c={TARGETS['baseline_c']} = "
+                        f"{r['vs_best_peer']:.3f}" if "vs_best_peer" in r else "")
                      + "".join(f"; CPU ms/request at c={p['concurrency']}: {_cpu(p)}" for p in model["served"]
                                if p.get("cpu_ms_per_request")))
     return "\n".join(lines)
@@ -98,7 +110,8 @@ def plot(name: str, model: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax_t, ax_l) = plt.subplots(1, 2, figsize=(11, 4))
-    for key, colour, label in (("served", "tab:blue", "YOLO-Toys (served)"), ("baseline", "tab:orange",
+    for key, colour, label in (("served", "tab:blue", "YOLO-Toys (served)"), ("litserve", "tab:green", "LitServe"),
+                               ("baseline", "tab:orange",
                                                                                "hand-written FastAPI")):
         points = model.get(key)
         if not points:
@@ -142,7 +155,7 @@ def _table(model: dict) -> list[str]:
     for p in model.get("hardware", []):
         rows.append(f"| benchmark_app, {p['hint']} hint, cores {p['cpus']} | inference only | {p['throughput']:.2f} | "
                     f"{p['median_ms']:.1f} | | | | |")
-    for key, label in (("served", "YOLO-Toys"), ("baseline", "hand-written FastAPI")):
+    for key, label in (("served", "YOLO-Toys"), *PEERS.items()):
         for p in model.get(key, []):
             rows.append(f"| {label} | c={p['concurrency']} | {p['throughput']:.2f} | {p['p50_ms']:.1f} | "
                         f"{p['p95_ms']:.1f} | {p['p99_ms']:.1f} | {p['failures'] + p['failures_warmup']} | {_cpu(p)} |")
@@ -172,6 +185,8 @@ def write(results: dict, out: Path) -> None:
         "(decode, preprocess, inference, postprocess), one batch after the other.",
         "- **CPU per request:** user + system CPU time of each server process (the front `yolo_toys`, each runner; "
         "the baseline's one process) over a whole load level, warm-up included, divided by the requests sent in it.",
+        "- **LitServe:** `bench/litserve_app.py`, the same model as LitServe's docs write an API (decode, predict, "
+        "encode in a `LitAPI`, one inference worker, no batching), on the same cores.",
         "- **Baseline:** `bench/baseline_app.py`, the FastAPI app a user would write (one process, model "
         "loaded at start-up, decode and predict in a thread-pool handler behind a lock).",
         "",

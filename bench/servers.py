@@ -92,9 +92,11 @@ def own_home(env: dict[str, str], where: Path) -> dict[str, str]:
 def _launched(url: str, program: str = "serve") -> psutil.Process:
     """The process started with `program` (an argument of its command line) and `url`'s port."""
     port = url.rsplit(":", 1)[1]
-    [process] = [p for p in psutil.process_iter(["cmdline"]) if port in (p.info["cmdline"] or [])
-                 and any(arg == program or arg.endswith(f"/{program}") for arg in p.info["cmdline"])]  # fmt: skip
-    return process
+    found = [p for p in psutil.process_iter(["cmdline"]) if port in (p.info["cmdline"] or [])
+             and any(arg == program or arg.endswith(f"/{program}") for arg in p.info["cmdline"])]  # fmt: skip
+    pids = {p.pid for p in found}
+    [root] = [p for p in found if p.ppid() not in pids]  # forked workers (LitServe's) repeat the command line
+    return root
 
 
 def workers(url: str) -> dict[str, psutil.Process]:
@@ -120,6 +122,9 @@ def cpu_seconds(processes: dict[str, psutil.Process]) -> dict[str, float]:
 
 
 def server_processes(url: str, program: str) -> dict[str, psutil.Process]:
-    """The processes that serve `url`: a `bentoml serve`'s workers by service name, else the one process
-    started with `program` (`uvicorn`: the hand-written baseline)."""
-    return workers(url) if program == "bentoml" else {"server": _launched(url, program)}
+    """The processes that serve `url`: a `bentoml serve`'s workers by service name, else the process started
+    with `program` (`uvicorn`: the hand-written baseline) and its children (LitServe's workers)."""
+    if program == "bentoml":
+        return workers(url)
+    main = _launched(url, program)
+    return {"server": main, **{f"child {i}": child for i, child in enumerate(main.children(recursive=True), 1)}}

@@ -33,6 +33,7 @@ RESULTS = {
         "hardware": [{"hint": "latency", "cpus": "0", "throughput": 23.0, "median_ms": 40.0},
                      {"hint": "throughput", "cpus": "0", "throughput": 25.0, "median_ms": 70.0}],
         "baseline": [point(1, 9.5, 101.0, 115.0), point(16, 9.0, 1700.0, 2000.0)],
+        "litserve": [point(1, 9.8, 100.0, 112.0), point(16, 10.0, 1600.0, 1800.0)],
     }},
     "soak": {"model": "m", **point(16, 11.0, 1400.0, 1500.0, failures=1)},
 }  # fmt: skip
@@ -45,6 +46,7 @@ def test_ratios_compare_best_served_with_best_limit_and_c16_with_the_baseline() 
     assert r["p50_gap_ms"] == pytest.approx(4.0)  # against the batch-1 limit
     assert r["vs_baseline"] == pytest.approx(11.5 / 9.0)
     assert (r["p99_served"], r["p99_baseline"]) == (1400.0, 2000.0)
+    assert (r["best_peer"], r["vs_best_peer"], r["p99_best_peer"]) == ("litserve", pytest.approx(1.15), 1800.0)
     assert r["vs_latency_hint"] == pytest.approx(11.5 / 23.0) and r["vs_throughput_hint"] == pytest.approx(11.5 / 25.0)
 
 
@@ -68,7 +70,8 @@ def test_report_writes_markdown_and_one_plot_per_model(tmp_path: Path) -> None:
     assert "python -m bench" in text and "test cpu" in text and "no GPU" in text
     assert "| YOLO-Toys | c=16 | 11.50 |" in text and "| hand-written FastAPI | c=1 | 9.50 |" in text
     assert "| benchmark_app, latency hint, cores 0 | inference only | 23.00 | 40.0 |" in text
-    assert "| 0 | yolo_toys 6.5, ultralytics 80.2 |" in text
+    assert "| 0 | yolo_toys 6.5, ultralytics 80.2 |" in text and "| LitServe | c=16 | 10.00 |" in text
+    assert "best peer, c=16: served / LitServe; p99 | **1.15x**; 1400 vs 1800 ms" in text
     assert "served / benchmark_app, throughput hint (inference only) | 11.50 / 25.00 = **0.460**" in text
     assert (tmp_path / "bench" / "m.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -92,3 +95,4 @@ def test_quick_summary_names_the_hardware_limit() -> None:
     summary = report.quick_summary(RESULTS)
     assert "served/limit = 0.958" in summary and "served/benchmark_app latency hint = 0.500 (23.00/s)" in summary
     assert "CPU ms/request at c=16: yolo_toys 6.5, ultralytics 80.2" in summary
+    assert "served/best peer (LitServe) at c=16 = 1.150" in summary
