@@ -286,12 +286,17 @@ class Served:
 
     def _version(self, version: int, slot: Slot, reports: list[WorkerReport], name: str, default: int | None,
                  split: dict[int, int] | None, total: int) -> VersionInfo:  # fmt: skip
-        states = [r.versions.get(name, {}).get(version) for r in reports if r.pid != os.getpid()] + [slot.report()]
-        state, reason, workers = aggregate([s or SlotReport(state="unloaded") for s in states])
+        """The same answer whichever worker gives it: every worker's report in pid order, this one's live."""
+        live = {r.pid: r.versions.get(name, {}).get(version) for r in reports}
+        live[os.getpid()] = slot.report()
+        states = [live[pid] or SlotReport(state="unloaded") for pid in sorted(live)]
+        state, reason, workers = aggregate(states)
         weight = round(100 * split[version] / total) if split and version in split else None
+        load_s = max((s.load_s for s in states if s.load_s is not None), default=None)
+        memory = max((s.memory_bytes for s in states if s.memory_bytes is not None), default=None)
         return VersionInfo(version=version, tag=str(slot.stored.model.tag), state=state, reason=reason,
-                           default=version == default and not split, weight=weight, load_s=slot.load_s,
-                           memory_bytes=slot.memory_bytes, workers=workers, source=slot.stored.source,
+                           default=version == default and not split, weight=weight, load_s=load_s,
+                           memory_bytes=memory, workers=workers, source=slot.stored.source,
                            sha256=slot.stored.sha256)  # fmt: skip
 
 

@@ -503,8 +503,10 @@ class VersionInfo(BaseModel):
     reason: str | None = Field(None, description="Why it failed, or why it is not loaded.")
     default: bool = Field(False, description="Requests without a version get this one (unless a split is set).")
     weight: int | None = Field(None, description="Its share of a traffic split, in percent of the weights.")
-    load_s: float | None = Field(None, description="Seconds its last load took (warm-up included).")
-    memory_bytes: int | None = Field(None, description="Process memory its load added (RSS, or GPU memory on a GPU).")
+    load_s: float | None = Field(None, description="Seconds its last load took (warm-up included; the longest "
+                                 "over the workers).")
+    memory_bytes: int | None = Field(None, description="Process memory its load added (RSS, or GPU memory on a GPU; "
+                                     "the most over the workers).")
     workers: str = Field("", description="Worker processes in this state out of the runner's live workers, e.g. `2/2`.")
     source: str = ""
     sha256: str = ""
