@@ -59,11 +59,25 @@ class WorkerReport(BaseModel):
     default: dict[str, int] = Field(default_factory=dict)
 
 
+def bentoml_home() -> Path:
+    return Path(os.environ.get("BENTOML_HOME") or Path.home() / "bentoml")
+
+
 def state_dir() -> Path:
     explicit = settings().state_dir
-    if explicit is not None:
-        return explicit
-    return Path(os.environ.get("BENTOML_HOME") or Path.home() / "bentoml") / "yolo_toys"
+    return explicit if explicit is not None else bentoml_home() / "yolo_toys"
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on `path`, shared by every process of this machine that uses it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 class StateFile:
@@ -92,19 +106,9 @@ class StateFile:
         except FileNotFoundError:
             return Desired()
 
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        with open(self.directory / "state.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
-
     def update(self, change: Callable[[Desired], None]) -> Desired:
         """Apply `change` to the current desired state and write it as the next generation."""
-        with self._locked():
+        with file_lock(self.directory / "state.lock"):
             desired = self.read()
             change(desired)
             desired.generation += 1

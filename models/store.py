@@ -6,14 +6,11 @@ metadata: family, task, class names, source, the entry path to load and sha256 d
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import logging
-import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +18,7 @@ import bentoml
 from bentoml.exceptions import NotFound
 
 from models.catalog import ModelEntry, Source, load_catalog, weights_dir
+from models.state import bentoml_home, file_lock
 from runners.family import Family, SourceUnavailable
 
 log = logging.getLogger("yolo_toys.models")
@@ -142,27 +140,15 @@ def versions(name: str) -> list[StoredVersion]:
     return [StoredVersion(number, model) for number, model in enumerate(ordered, 1)]
 
 
-@contextmanager
-def _store_locked() -> Iterator[None]:
-    """One registration at a time per model store: replicas that share a store (and get the same upload)
-    must find each other's version instead of storing it twice."""
-    home = Path(os.environ.get("BENTOML_HOME") or Path.home() / "bentoml")
-    (home / "models").mkdir(parents=True, exist_ok=True)
-    with open(home / "models" / ".yolo-toys-register.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
 def store_upload(entry: ModelEntry, family: Family, path: Path, load: str) -> tuple[StoredVersion, bool]:
     """An uploaded artifact (models/artifacts.py) as a new version, with the metadata and sha256 of an import,
     and whether it is new: a version with the same sha256 is that version. The family's `inspect` loads it
     once first, so weights that do not load are never stored."""
     [source] = entry.sources
     digests = sha256_tree(path)
-    with _store_locked():
+    # One registration at a time per store: replicas that share a store (and get the same upload) must
+    # find each other's version instead of storing it twice.
+    with file_lock(bentoml_home() / "models" / ".yolo-toys-register.lock"):
         same = next((v for v in versions(entry.name) if v.sha256 == combined_digest(digests)), None)
         if same is not None:
             return same, False
