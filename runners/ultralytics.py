@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from runners import exported
+from runners.exported import ExportedModel, top_candidates
 from runners.family import Family, Inference, LoadedModel, SourceUnavailable, choose_device
 from runners.limits import central_part
 from runners.postprocess import detections, label_lookup, polygons, top_k
@@ -63,9 +65,13 @@ def weights_format(path: Path) -> str:
 
 @dataclass(kw_only=True)
 class LoadedYolo(LoadedModel):
-    yolo: Any
+    yolo: Any = None  # Ultralytics' model, for what the lean path does not serve
+    exported: ExportedModel | None = None  # the lean path (runners/exported.py)
     rect_letterbox: bool  # the letterbox follows the image shape: batch only equal shapes
     predictor: type | None = None  # Ultralytics' own for the task, unless bounded here (OBB)
+
+    def describe(self) -> str:
+        return super().describe() + (", lean path" if self.exported is not None else "")
 
 
 def _load_yolo(weights: Path, task: Task) -> Any:
@@ -172,21 +178,6 @@ def _check_masks(model: LoadedYolo, imgsz: int, options: PredictOptions) -> None
                            f"{limit:,} for {model.entry.name}; lower max_det or imgsz")  # fmt: skip
 
 
-def _top_candidates(preds: Any, k: int) -> Any:
-    """The k anchors with the highest class score, in their order: what a rotated NMS keeps at most.
-
-    NMS keeps its `max_nms` best candidates (30,000 in Ultralytics); rotated NMS compares every pair,
-    so 8,400 candidates (640 px, conf 0) cost 12 s and 1.6 GB, 30,000 over 20 GB. Equal to
-    Ultralytics' own whenever no more than k candidates pass `conf`.
-    """
-    raw = preds[0] if isinstance(preds, (list, tuple)) else preds
-    if raw.ndim != 3 or raw.shape[-1] <= k:
-        return preds
-    scores = raw[:, 4:-1].amax(1)  # (batch, anchors); the channels are box (4), classes, angle (1)
-    keep = scores.topk(k, dim=1).indices.sort(dim=1).values
-    return raw.gather(2, keep[:, None, :].expand(-1, raw.shape[1], -1))
-
-
 @cache
 def _bounded_obb_predictor() -> type:
     """One class for the process: Ultralytics rebuilds its predictor whenever it is given another class."""
@@ -195,10 +186,31 @@ def _bounded_obb_predictor() -> type:
     class BoundedOBBPredictor(OBBPredictor):
         def postprocess(self, preds: Any, img: Any, orig_imgs: Any, **kwargs: Any) -> Any:
             if not getattr(self.model, "end2end", False):
-                preds = _top_candidates(preds, settings().max_rotated_nms)
+                preds = top_candidates(preds, settings().max_rotated_nms)
             return super().postprocess(preds, img, orig_imgs, **kwargs)
 
     return BoundedOBBPredictor
+
+
+def _load_exported(entry: ModelEntry, weights: Path, fmt: str) -> LoadedYolo | None:
+    """An OpenVINO or ONNX export on the lean path (runners/exported.py); None: it goes through `predict`.
+
+    Not on it: exports without Ultralytics metadata, NMS inside the graph, and dynamic INT8 OpenVINO
+    models on CPUs with AMX, which OpenVINO crashes on (Ultralytics recompiles those per input shape).
+    """
+    if fmt not in exported.FORMATS or not settings().lean_path:
+        return None
+    path = next(weights.glob("*.xml")) if weights.is_dir() else weights
+    meta = exported.read_metadata(path)
+    if meta is None or meta.end2end or (fmt == "openvino" and exported.amx_dynamic_int8(path)):
+        return None
+    if meta.task != entry.task:
+        raise SourceUnavailable(f"the weights are for task {meta.task.value}, the catalog says {entry.task.value}")
+    model = ExportedModel(path, fmt, meta)
+    model.infer([DecodedImage(np.zeros((64, 64, 3), np.uint8), "BGR", "warm-up")], PredictOptions())
+    dynamic = model.runtime.dynamic
+    return LoadedYolo(entry=entry, exported=model, format=fmt, labels=meta.names, imgsz=model.imgsz,
+                      fixed_imgsz=not dynamic, rect_letterbox=dynamic)  # fmt: skip
 
 
 # ---- the family ---------------------------------------------------------------------------------------
@@ -209,8 +221,10 @@ class UltralyticsFamily(Family):
 
     def load(self, entry: ModelEntry, weights: Path) -> LoadedYolo:
         fmt = weights_format(weights)
-        yolo = _load_yolo(weights, entry.task)
         device, half = choose_device(entry, runs_on_gpu=fmt in GPU_FORMATS)
+        if device == "cpu" and (lean := _load_exported(entry, weights, fmt)) is not None:
+            return lean
+        yolo = _load_yolo(weights, entry.task)
         predictor = _bounded_obb_predictor() if entry.task == Task.obb else None
         warmup = np.zeros((64, 64, 3), dtype=np.uint8)
         yolo.predict(warmup, device=device, quantize=16 if half else None, verbose=False, predictor=predictor)
@@ -240,6 +254,8 @@ class UltralyticsFamily(Family):
 
     def infer(self, model: LoadedModel, images: list[DecodedImage], options: PredictOptions) -> Inference:
         assert isinstance(model, LoadedYolo)
+        if model.exported is not None:
+            return model.exported.infer(images, options)
         results = model.yolo.predict(
             [image.bgr for image in images], conf=options.conf, iou=options.iou, imgsz=options.imgsz or model.imgsz,
             max_det=options.max_det, classes=list(options.classes) if options.classes is not None else None,

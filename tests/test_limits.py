@@ -30,9 +30,10 @@ from conftest import SHARED_WEIGHTS, Server, bus_jpg
 from models.catalog import ModelEntry
 from runners import transformers as hf
 from runners.batch import _chunks
+from runners.exported import top_candidates
 from runners.limits import aspect, central_part
 from runners.ultralytics import FAMILY as ULTRALYTICS
-from runners.ultralytics import LoadedYolo, _top_candidates
+from runners.ultralytics import LoadedYolo
 from yolo_toys.drawing import DRAW_MAX_SIDE, drawn_size, render
 from yolo_toys.errors import ServiceError
 from yolo_toys.imaging import DecodedImage, decode
@@ -138,10 +139,10 @@ def test_rotated_nms_gets_the_best_candidates_in_their_order() -> None:
     raw = torch.zeros(2, 4 + 3 + 1, 10)  # box, 3 classes, angle; 10 anchors
     raw[:, 4 + 1] = torch.tensor([0.1, 0.9, 0.2, 0.8, 0.3, 0.7, 0.4, 0.6, 0.5, 0.0])
     raw[:, 0] = torch.arange(10.0)  # remembers each anchor's index
-    kept = _top_candidates((raw, "extras"), 4)
+    kept = top_candidates((raw, "extras"), 4)
     assert kept.shape == (2, 8, 4)
     assert kept[0, 0].tolist() == [1.0, 3.0, 5.0, 7.0]  # the four best, in anchor order
-    assert _top_candidates(raw, 10) is raw
+    assert top_candidates(raw, 10) is raw
 
 
 # ---- transformers: the planner is the processor's own rule --------------------------------------------

@@ -101,6 +101,8 @@ class Settings:
     max_class_scores: int = 1 << 27
     # YOLO_TOYS_MAX_ROTATED_NMS: candidates of a rotated (OBB) NMS, whose cost is their count squared.
     max_rotated_nms: int = 3000
+    # YOLO_TOYS_LEAN_PATH=0: OpenVINO and ONNX exports go through Ultralytics' `predict` instead of runners/exported.py.
+    lean_path: bool = True
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -133,6 +135,7 @@ class Settings:
             max_mask_pixels=_int(environ, "YOLO_TOYS_MAX_MASK_PIXELS", cls.max_mask_pixels),
             max_class_scores=_int(environ, "YOLO_TOYS_MAX_CLASS_SCORES", cls.max_class_scores),
             max_rotated_nms=_int(environ, "YOLO_TOYS_MAX_ROTATED_NMS", cls.max_rotated_nms),
+            lean_path=environ.get("YOLO_TOYS_LEAN_PATH", "1") != "0",
         )
 
 
