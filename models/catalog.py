@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -75,13 +76,25 @@ class RunnerSettings(BaseModel):
         None, ge=1, le=256, description="The batch cap when the runner's models run on a GPU (default: max_batch_size)."
     )
     max_latency_ms: int = Field(10_000, ge=1)
-    workers: int = Field(1, ge=1)
+    workers: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        1, description="Processes of the runner. auto: one per core the server may use on a machine without an "
+        "NVIDIA GPU (their runtimes share the cores), one with a GPU.",
+    )
     threads: int = Field(1, ge=1)
     gpu: int = Field(1, ge=0, description="GPUs requested; the runner falls back to CPU without one.")
     max_loaded_models: int | None = Field(
         None, ge=1, description="Model versions a worker keeps loaded; beyond it the least recently used is "
         "unloaded and loaded again on its next request.",
     )
+
+    def worker_count(self) -> int:
+        if self.workers != "auto":
+            return self.workers
+        return 1 if Path("/dev/nvidiactl").exists() else len(os.sched_getaffinity(0))
+
+    def cpu_threads(self) -> int:
+        """The CPU threads one worker's inference runtime may use: the server's cores, shared between the workers."""
+        return max(1, len(os.sched_getaffinity(0)) // self.worker_count())
 
     def batch_cap(self, on_gpu: bool) -> int:
         return (self.gpu_max_batch_size or self.max_batch_size) if on_gpu else self.max_batch_size

@@ -177,7 +177,7 @@ def service_config(settings: RunnerSettings) -> dict[str, Any]:
     metrics, e.g. `yolo_toys_model_batch_size`, stay).
     """
     return {
-        "workers": settings.workers,
+        "workers": settings.worker_count(),
         "threads": settings.threads,
         "resources": {"gpu": settings.gpu} if settings.gpu else None,
         "traffic": {"timeout": 300},

@@ -47,6 +47,7 @@ from yolo_toys.settings import settings
 if TYPE_CHECKING:
     from models.catalog import ModelEntry
 
+FAMILY_NAME = "ultralytics"
 COCO_KEYPOINTS = [
     "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
     "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip",
@@ -206,7 +207,9 @@ def _load_exported(entry: ModelEntry, weights: Path, fmt: str) -> LoadedYolo | N
         return None
     if meta.task != entry.task:
         raise SourceUnavailable(f"the weights are for task {meta.task.value}, the catalog says {entry.task.value}")
-    model = ExportedModel(path, fmt, meta)
+    from models.catalog import load_catalog
+
+    model = ExportedModel(path, fmt, meta, load_catalog().runner(FAMILY_NAME).cpu_threads())
     model.infer([DecodedImage(np.zeros((64, 64, 3), np.uint8), "BGR", "warm-up")], PredictOptions())
     dynamic = model.runtime.dynamic
     return LoadedYolo(entry=entry, exported=model, format=fmt, labels=meta.names, imgsz=model.imgsz,
@@ -217,7 +220,7 @@ def _load_exported(entry: ModelEntry, weights: Path, fmt: str) -> LoadedYolo | N
 
 
 class UltralyticsFamily(Family):
-    name = "ultralytics"
+    name = FAMILY_NAME
 
     def load(self, entry: ModelEntry, weights: Path) -> LoadedYolo:
         fmt = weights_format(weights)

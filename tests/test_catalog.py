@@ -166,6 +166,20 @@ def test_gpu_batch_cap_replaces_the_cpu_cap_on_a_gpu(tmp_path: Path) -> None:
     assert on_gpu == {"small": 2, "unset": 32, "vit": 4}  # no GPU cap: the CPU one
 
 
+def test_auto_workers_share_the_cores_of_the_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`workers: auto` is one worker per core the server may use (no NVIDIA GPU here), each runtime on its share."""
+    from models.catalog import RunnerSettings
+
+    assert not Path("/dev/nvidiactl").exists(), "this test describes a machine without an NVIDIA GPU"
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    auto, two, one = RunnerSettings(workers="auto"), RunnerSettings(workers=2), RunnerSettings()
+    assert [(s.worker_count(), s.cpu_threads()) for s in (auto, two, one)] == [(4, 1), (2, 2), (1, 4)]
+    with pytest.raises(ValidationError):
+        RunnerSettings(workers=0)
+    with pytest.raises(ValidationError):
+        RunnerSettings(workers="many")
+
+
 def test_export_is_an_ultralytics_option(tmp_path: Path) -> None:
     bad = entry("vit", family="transformers", task="classify", hf_task="image-classification", export="engine")
     with pytest.raises(ValidationError, match="option of the ultralytics family only"):
