@@ -49,13 +49,17 @@ container: build
 container-test: container
 	YOLO_TOYS_CONTAINER_TEST=1 $(BIN)/python -m pytest tests/container $(PYTEST_ARGS)
 
-## Served vs in-process limit vs benchmark_app vs a hand-written FastAPI app and LitServe; writes docs/benchmarks.{md,json} and plots (~25 min).
-## BENCH_ARGS passes options, e.g. BENCH_ARGS="--server-cpus 0-11 --client-cpus 12-15".
+## Served vs the in-process limit, benchmark_app / the PyTorch forward pass, and three peers (hand-written FastAPI,
+## LitServe, BentoML's YOLO example) on the same cores, 3 rounds alternated point by point (8 s points; peers at c=1 and
+## 16, YOLO-Toys also at 4 and 64); then /batch vs single requests, a 60 s soak, RSS over 10,000 requests and YOLO-Toys
+## on all cores. Writes docs/benchmarks.{md,json} and plots (~35 min on 2 cores, at most ~40).
+## BENCH_ARGS passes options, e.g. BENCH_ARGS="--server-cpus 0-11 --client-cpus 12-15" or "--rounds 5".
 bench: venv
 	YOLO_OFFLINE=1 HF_HUB_OFFLINE=1 $(BIN)/python -m bench $(BENCH_ARGS)
 
-## The regression guard for the hot path: prints served/limit, served/benchmark_app (OpenVINO's own inference-only
-## limit, latency and throughput hints) and served/best peer (hand-written FastAPI, LitServe) for yolov8n OpenVINO (~5 min).
+## The regression guard for the hot path, yolov8n OpenVINO in 2 rounds (10 s points, c=1 and 16): prints, per round and
+## as median (min-max), served/limit, served/benchmark_app (OpenVINO's inference-only limit, latency and throughput
+## hints) and served/best peer (hand-written FastAPI, LitServe, BentoML's YOLO example) (~7 min on 2 cores, at most ~10).
 bench-quick: venv
 	YOLO_OFFLINE=1 HF_HUB_OFFLINE=1 $(BIN)/python -m bench --quick $(BENCH_ARGS)
 

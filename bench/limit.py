@@ -6,7 +6,12 @@ postprocess, in one Python process with nothing else: what serving can at best a
 cores. Run as `python -m bench.limit MODEL PATH --batches 1 4 8 --seconds 10` (prints JSON).
 
 The hardware's limit for an OpenVINO export: OpenVINO's own `benchmark_app` (installed with the
-`openvino` wheel), inference only, on random inputs: `openvino_limit`.
+`openvino` wheel), inference only, on random inputs: `openvino_limit`. For a PyTorch model (an
+Ultralytics `.pt`, a transformers folder) its counterpart: the bare forward pass, `model.model(tensor)`
+on random tensors of the shapes the pipeline gives the network (Ultralytics letterboxes a photo alone
+to its minimal rectangle, a mixed batch to 640 x 640; ViT takes 224 x 224), with as many torch threads
+as the process has cores, at each batch size: `--forward` adds these points (`ForwardPoint`, lines
+tagged `forward`) after the pipeline's.
 """
 
 from __future__ import annotations
@@ -43,6 +48,16 @@ class HardwarePoint(BaseModel):
     cpus: str
     throughput: float  # inferences per second
     median_ms: float
+
+
+class ForwardPoint(BaseModel):
+    """The bare forward pass of a PyTorch model on a random tensor: inference only, like `benchmark_app`."""
+
+    batch: int
+    threads: int  # torch intra-op threads: the cores the process runs on
+    shapes: list[list[int]]  # the input tensors, in turn
+    throughput: float  # images per second
+    median_ms: float  # per forward call
 
 
 def openvino_limit(xml: Path, cpus: str, hint: str, seconds: float) -> HardwarePoint:
@@ -89,6 +104,71 @@ def transformers_pipeline(path: str) -> Callable[[list[bytes]], object]:
     return run
 
 
+Inputs = Callable[[int], list[object]]  # batch size -> the input tensors the pipeline would give the network
+
+
+def ultralytics_forward(path: str) -> tuple[Callable[[object], object], Inputs]:
+    """The network inside an Ultralytics checkpoint, fused as its predictor runs it, and the shapes the
+    predictor letterboxes the photos to: each its own minimal rectangle alone, 640 x 640 in a mixed batch."""
+    import cv2
+    import torch
+    from ultralytics import YOLO
+    from ultralytics.data.augment import LetterBox
+
+    network = YOLO(path, task="detect").model.eval()
+    network = network.fuse(verbose=False) if hasattr(network, "fuse") else network
+    alone = [LetterBox((640, 640), auto=True, stride=32)(image=cv2.imdecode(np.frombuffer(b, np.uint8), 1)).shape[:2]
+             for b in photos()]  # fmt: skip
+
+    def inputs(batch: int) -> list[object]:
+        shapes = alone if batch == 1 else [(640, 640)]
+        return [torch.rand(batch, 3, h, w, generator=torch.Generator().manual_seed(0)) for h, w in shapes]
+
+    return network, inputs
+
+
+def transformers_forward(path: str) -> tuple[Callable[[object], object], Inputs]:
+    import torch
+    from transformers import AutoModelForImageClassification
+
+    model = AutoModelForImageClassification.from_pretrained(path).eval()
+    size = int(model.config.image_size)
+    return lambda tensor: model(pixel_values=tensor), lambda batch: [torch.rand(batch, 3, size, size)]
+
+
+def forward_points(family: str, path: str, batches: list[int], seconds: float) -> list[ForwardPoint]:
+    """`model.model(tensor)` (Ultralytics) or `model(pixel_values=tensor)` (transformers) at each batch size,
+    one call after the other for `seconds`, on random tensors of the shapes the pipeline gives the network."""
+    import torch
+
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    network, inputs = (ultralytics_forward if family == "ultralytics" else transformers_forward)(path)
+    points = []
+    for batch in batches:
+        tensors = inputs(batch)
+        times = _timed(lambda i, ts=tensors: network(ts[i % len(ts)]), seconds)
+        points.append(ForwardPoint(batch=batch, threads=torch.get_num_threads(),
+                                   shapes=[list(t.shape) for t in tensors], throughput=len(times) * batch / sum(times),
+                                   median_ms=float(np.median(times) * 1000)))  # fmt: skip
+    return points
+
+
+def _timed(call: Callable[[int], object], seconds: float) -> list[float]:
+    """Seconds of each call (given its index), after two untimed ones, until `seconds` have passed."""
+    import torch
+
+    with torch.inference_mode():
+        for i in range(2):
+            call(i)
+        times: list[float] = []
+        began = time.perf_counter()
+        while time.perf_counter() - began < seconds:
+            t = time.perf_counter()
+            call(len(times))
+            times.append(time.perf_counter() - t)
+    return times
+
+
 def measure(run: Callable[[list[bytes]], object], data: list[bytes], batch: int, seconds: float) -> LimitPoint:
     batches = [[data[(i + k) % len(data)] for k in range(batch)] for i in range(len(data))]
     for b in batches[:3]:
@@ -111,13 +191,17 @@ def main() -> None:
     parser.add_argument("path")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--forward", action="store_true", help="then the bare forward pass at each batch size")
     args = parser.parse_args()
     os.environ.setdefault("YOLO_OFFLINE", "1")
     build = ultralytics_pipeline if args.family == "ultralytics" else transformers_pipeline
     run = build(args.path)
     data = photos()
-    points = [measure(run, data, b, args.seconds) for b in args.batches]
-    sys.stdout.write("\n".join(p.model_dump_json() for p in points) + "\n")
+    lines = [p.model_dump_json() for p in (measure(run, data, b, args.seconds) for b in args.batches)]
+    if args.forward:  # tagged: the caller tells them from the pipeline's points
+        lines += ["forward " + p.model_dump_json() for p in forward_points(args.family, args.path, args.batches,
+                                                                           args.seconds / 2)]  # fmt: skip
+    sys.stdout.write("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

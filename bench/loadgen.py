@@ -1,8 +1,10 @@
-"""Closed-loop HTTP load: `concurrency` clients, each sending its next request as soon as the last returns."""
+"""Closed-loop HTTP load: `concurrency` clients, each sending its next request as soon as the last returns,
+for a time (`closed_loop`) or for a number of requests (`counted`)."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -29,6 +31,8 @@ class Point(BaseModel):
     sent: int = 0  # every request of the level, warm-up and the tail after the window included
     # CPU milliseconds per request of each server process (front, runners) over the whole level: what each hop costs
     cpu_ms_per_request: dict[str, float] = {}
+    # the other servers, idle on the same cores meanwhile: the share of one core each used over the level, in %
+    idle_cpu_pct: dict[str, float] = {}
 
 
 @dataclass(frozen=True)
@@ -49,7 +53,7 @@ def percentiles(latencies_ms: list[float]) -> dict[str, float]:
     return {"p50_ms": float(p50), "p95_ms": float(p95), "p99_ms": float(p99), "mean_ms": float(arr.mean())}
 
 
-async def _post(session: aiohttp.ClientSession, url: str, upload: Upload, fields: dict[str, str]) -> str:
+async def post(session: aiohttp.ClientSession, url: str, upload: Upload, fields: dict[str, str]) -> str:
     """One multipart request; its status code, or the name of the connection error."""
     form = aiohttp.FormData()
     form.add_field(upload.field, upload.data, filename=upload.filename, content_type=upload.content_type)
@@ -68,7 +72,7 @@ async def _client(session: aiohttp.ClientSession, url: str, uploads: list[Upload
     i = start
     while time.perf_counter() < stop_at:
         sent = time.perf_counter()
-        status = await _post(session, url, uploads[i % len(uploads)], fields)
+        status = await post(session, url, uploads[i % len(uploads)], fields)
         log.append((sent, time.perf_counter(), status))
         i += 1
 
@@ -100,9 +104,35 @@ async def _run(url: str, uploads: list[Upload], fields: dict[str, str], concurre
     )
 
 
+async def _counted(url: str, uploads: list[Upload], fields: dict[str, str], concurrency: int, n: int) -> Point:
+    log: list[tuple[float, float, str]] = []
+    numbers = itertools.count()
+
+    async def client(session: aiohttp.ClientSession) -> None:
+        while (i := next(numbers)) < n:
+            sent = time.perf_counter()
+            status = await post(session, url, uploads[i % len(uploads)], fields)
+            log.append((sent, time.perf_counter(), status))
+
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=300)) as session:
+        began = time.perf_counter()
+        await asyncio.gather(*(client(session) for _ in range(concurrency)))
+        seconds = time.perf_counter() - began
+    ok = [(e - s) * 1000 for s, e, st in log if st == "200"]
+    return Point(concurrency=concurrency, seconds=seconds, requests=len(log), throughput=len(ok) / seconds,
+                 failures=len(log) - len(ok), failures_warmup=0, statuses=dict(Counter(st for *_, st in log)),
+                 sent=len(log), **percentiles(ok))  # fmt: skip
+
+
+def counted(url: str, uploads: list[Upload], concurrency: int, n: int, fields: dict[str, str] | None = None) -> Point:
+    """`n` requests in all from `concurrency` clients; every one counts, no warm-up."""
+    return asyncio.run(_counted(url, uploads, fields or {}, concurrency, n))
+
+
 async def _prime(url: str, uploads: list[Upload], fields: dict[str, str], n: int) -> list[str]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as session:
-        return [await _post(session, url, uploads[i % len(uploads)], fields) for i in range(n)]
+        return [await post(session, url, uploads[i % len(uploads)], fields) for i in range(n)]
 
 
 def prime(url: str, uploads: list[Upload], fields: dict[str, str] | None = None, n: int = 4) -> None:

@@ -128,3 +128,26 @@ def server_processes(url: str, program: str) -> dict[str, psutil.Process]:
         return workers(url)
     main = _launched(url, program)
     return {"server": main, **{f"child {i}": child for i, child in enumerate(main.children(recursive=True), 1)}}
+
+
+def whole(url: str, program: str) -> list[psutil.Process]:
+    """Every process of the server on `url`'s port: the one started with `program` (`bentoml`: `bentoml serve`)
+    and all under it, BentoML's arbiter and workers included."""
+    root = _launched(url, "serve" if program == "bentoml" else program)
+    return [root, *root.children(recursive=True)]
+
+
+def total_cpu_seconds(processes: list[psutil.Process]) -> float:
+    """User + system CPU seconds the processes have used so far, together (those gone meanwhile left out)."""
+    return sum(cpu_seconds({str(p.pid): p for p in processes}).values())
+
+
+def rss_mb(processes: list[psutil.Process]) -> float:
+    """Resident memory of the processes together, in MB."""
+    total = 0
+    for process in processes:
+        try:
+            total += process.memory_info().rss
+        except psutil.Error:
+            continue
+    return total / 2**20
