@@ -17,7 +17,7 @@ import bentoml
 from bentoml.validators import ContentType
 from fastapi import FastAPI, File, Form, Request, UploadFile, WebSocket
 from fastapi.exceptions import RequestValidationError
-from starlette.responses import HTMLResponse, JSONResponse
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.staticfiles import StaticFiles
 
 from runners.runner import with_runners
@@ -47,7 +47,7 @@ ADMIN = {status: {"model": ErrorBody, "description": STATUSES[status]} for statu
 
 
 @extras.exception_handler(RequestValidationError)
-async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
     """A management call's malformed form or JSON: the service's 400 with every field's problem."""
     return ServiceError(400, "invalid request", [f"{'.'.join(map(str, e['loc'][1:]))}: {e['msg']}" for e in exc.errors()]).response()
 
@@ -119,6 +119,15 @@ class YoloToys(Front):
         prefix or the VQA question.
         """
         return await self.annotated(form)
+
+    @bentoml.api(route="/batch", input_spec=tasks.BatchRequest)
+    async def batch(self, **form: Any) -> result.BatchResult:
+        """Several images for one task in one request, and in one adaptive batch: each image's result (as
+        its own route answers it) or its own `{"error", "detail", "status"}`, in upload order.
+
+        `-F images=@a.jpg -F images=@b.jpg`; the options are `/annotate`'s.
+        """
+        return await self.answer_batch(form)
 
     @bentoml.api(route="/stream/video", input_spec=tasks.VideoRequest)
     async def stream_video(self, **form: Any) -> AsyncGenerator[str, None]:

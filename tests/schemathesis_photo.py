@@ -1,5 +1,5 @@
 """A schemathesis hook (SCHEMATHESIS_HOOKS=schemathesis_photo): every generated form carries a real
-photo and leaves the model to the task's default, so that generated options reach the runners."""
+photo (two for `/batch`) and leaves the model to the task's default, so that generated options reach the runners."""
 
 from __future__ import annotations
 
@@ -25,4 +25,7 @@ def map_body(context: Any, body: Any) -> Any:
     if isinstance(body, dict) and "image" in body:
         body = {key: value for key, value in body.items() if key != "model"}
         body["image"] = PHOTO
+    if isinstance(body, dict) and "images" in body:
+        body = {key: value for key, value in body.items() if key != "model"}
+        body["images"] = [PHOTO, PHOTO]
     return body

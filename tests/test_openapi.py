@@ -42,7 +42,7 @@ def test_the_document_describes_yolo_toys(server: Server) -> None:
 def test_every_route_declares_its_error_answers(server: Server) -> None:
     doc = spec(server)
     for route in ("/detect", "/segment", "/pose", "/classify", "/obb", "/zero_shot_classify", "/caption", "/vqa",
-                  "/depth", "/annotate", "/stream/video"):  # fmt: skip
+                  "/depth", "/annotate", "/batch", "/stream/video"):  # fmt: skip
         responses = doc["paths"][route]["post"]["responses"]
         assert {"200", "400", "404", "413", "422", "503"} <= set(responses), route
         assert "500" not in responses, route
@@ -64,7 +64,9 @@ def test_the_forms_show_no_null_and_preselect_the_task(server: Server) -> None:
                     continue
                 fields = media["schema"]["properties"]
                 assert all(field.get("default", "") is not None for field in fields.values()), path
-                assert next(iter(fields.values())).get("format") == "binary", f"{path}: the file field comes first"
+                first = next(iter(fields.values()))
+                files = first.get("items", first)  # a list of files (`images` of /batch) or one file
+                assert files.get("format") == "binary", f"{path}: the file field comes first"
     task = doc["paths"]["/annotate"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]["task"]
     assert task["default"] == "detect" and "detect" in task["enum"] and "$ref" not in task
 
@@ -98,7 +100,7 @@ def schemathesis_run(server: Server, cwd: Path, *args: str, env: dict[str, str] 
 def test_schemathesis_finds_nothing(server: Server, tmp_path: Path) -> None:
     """Every operation; examples, boundary values and random forms, 12 cases each (about 1,000 requests)."""
     report = schemathesis_run(server, tmp_path, "--phases", "examples,coverage,fuzzing", "--max-examples", "12")
-    assert "Tested: 22" in report and " passed" in report
+    assert "Tested: 23" in report and " passed" in report
 
 
 def test_schemathesis_with_a_real_photo(server: Server, tmp_path: Path) -> None:
@@ -113,4 +115,4 @@ def test_schemathesis_with_a_real_photo(server: Server, tmp_path: Path) -> None:
 
 
 IMAGE_ROUTES = ("/detect", "/segment", "/pose", "/classify", "/obb", "/zero_shot_classify", "/caption", "/vqa",
-                "/depth", "/annotate")  # fmt: skip
+                "/depth", "/annotate", "/batch")  # fmt: skip

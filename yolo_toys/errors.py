@@ -2,18 +2,19 @@
 
 Image checks, option checks, the runners, the body-limit guard, the WebSocket and the SSE route
 all raise (or carry) a `ServiceError`. `response()` turns it into the JSON answer every route
-declares in its OpenAPI entry; `body()` is the same `{"error", "detail"}` for a WebSocket message,
-an SSE event or a runner's answer.
+declares in its OpenAPI entry; `body()` is the same `{"error", "detail"}` for a WebSocket message
+or an SSE event, `json()` its bytes in a runner's answer (the same bytes as `response()`'s body).
 """
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
-from starlette.responses import JSONResponse
+from starlette.responses import Response
 
-from yolo_toys.schemas import ErrorBody
+from yolo_toys.schemas import Answer, ErrorBody
 
 # What a client may see, by status: the OpenAPI entries of the routes are built from this table.
 STATUSES: dict[int, str] = {
@@ -26,7 +27,8 @@ STATUSES: dict[int, str] = {
     405: "Method not allowed on this route",
     408: "The request body was not sent in time; the connection is closed",
     409: "A model of that name exists with another family or task",
-    413: "Request body over the upload limit, an image over the pixel limit, or an artifact over its limit",
+    413: "Request body over the upload limit, an image over the pixel limit, more images than a `/batch` takes, "
+    "or an artifact over its limit",
     415: "The file is not an image (or a model artifact) in a supported format, or the body is not a multipart form",
     422: "The model cannot serve these options: another task, unknown class ids, missing prompts, ...; an artifact "
     "of the wrong task or family, or that does not load",
@@ -71,8 +73,20 @@ class ServiceError(Exception):
     def from_body(cls, status: int, body: ErrorBody) -> ServiceError:
         return cls(status, body.error, body.detail)
 
+    @classmethod
+    def from_json(cls, status: int, body: bytes) -> ServiceError:
+        """The error of a runner's answer (`json()`), raised again where a stream needs it."""
+        return cls.from_body(status, ErrorBody.model_validate_json(body))
+
     def body(self) -> dict[str, Any]:
         return ErrorBody(error=self.error, detail=redact(self.detail)).model_dump(mode="json")
 
-    def response(self) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+    def json(self) -> bytes:
+        """`body()` as compact JSON, as starlette's JSONResponse writes it."""
+        return json.dumps(self.body(), ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+
+    def answer(self) -> Answer:
+        return Answer(self.status, self.json())
+
+    def response(self) -> Response:
+        return Response(self.json(), status_code=self.status, headers=self.headers, media_type="application/json")

@@ -2,7 +2,8 @@
 turn errors into answers. service.py's class inherits it and stays the table of contents of the API.
 
 The front never decodes an image: it checks the upload's size and signature, resolves the model
-(yolo_toys/tasks.py) and sends the still-encoded bytes to the runner of the model's family.
+(yolo_toys/tasks.py) and sends the still-encoded bytes to the runner of the model's family. Nor does it
+parse a result: the runner answers each image's HTTP body, which the route sends as it is.
 """
 
 from __future__ import annotations
@@ -24,9 +25,11 @@ from models.catalog import load_catalog
 from yolo_toys import workarounds
 from yolo_toys.errors import ServiceError
 from yolo_toys.health import Health
-from yolo_toys.imaging import UploadedFile, check_upload
+from yolo_toys.imaging import EncodedImage, UploadedFile, check_upload
 from yolo_toys.replicas import Replica, ReplicaSet
 from yolo_toys.schemas import (
+    RESULT,
+    Answer,
     InferenceJob,
     ManageOutcome,
     ManageResult,
@@ -34,15 +37,16 @@ from yolo_toys.schemas import (
     ModelDetail,
     ModelInfo,
     ModelsResponse,
-    Outcome,
     PredictOptions,
     RegisterJob,
     Task,
+    batch_body,
+    unpack_answers,
 )
 from yolo_toys.settings import settings
 from yolo_toys.shutdown import before_sigterm
 from yolo_toys.streaming import Frame, StreamConfig, StreamSession, Tracker
-from yolo_toys.tasks import TRACKED_TASKS, AnnotateRequest, ImageRequest, VideoRequest, resolve
+from yolo_toys.tasks import TRACKED_TASKS, AnnotateRequest, BatchRequest, ImageRequest, VideoRequest, resolve
 from yolo_toys.video import VideoFrames, video_events
 
 log = logging.getLogger("yolo_toys")
@@ -164,14 +168,14 @@ class Front:
                 raise self.runners[waiting[0].family].unavailable() from None
             raise
 
-    async def models_response(self) -> ModelsResponse | JSONResponse:
+    async def models_response(self) -> ModelsResponse | Response:
         async def listing() -> ModelsResponse:
             models = await self.model_status(fresh=True)
             return ModelsResponse(models=[ModelInfo.model_validate(d.model_dump(exclude={"labels"})) for d in models.values()])
 
         return await self._respond(listing)
 
-    async def model_detail(self, name: str) -> ModelDetail | JSONResponse:
+    async def model_detail(self, name: str) -> ModelDetail | Response:
         async def detail() -> ModelDetail:
             found = (await self.model_status(fresh=True)).get(name)
             if found is None:
@@ -182,7 +186,7 @@ class Front:
 
     # ---- model management (admin keys: yolo_toys/access.py) -------------------------------------------
 
-    async def manage(self, name: str, action: str, request: BaseModel) -> ManageResult | JSONResponse:
+    async def manage(self, name: str, action: str, request: BaseModel) -> ManageResult | Response:
         """Load, unload, set the default or a split of a model, on every replica of its runner (runners/manage.py)."""
 
         async def call() -> ManageResult:
@@ -193,7 +197,7 @@ class Front:
 
         return await self._respond(call)
 
-    async def register(self, form: dict[str, Any], artifact: UploadFile) -> JSONResponse:
+    async def register(self, form: dict[str, Any], artifact: UploadFile) -> Response:
         """A new model, or a new version of one, from an uploaded artifact; 201 with the model as it now is."""
 
         async def call() -> JSONResponse:
@@ -222,50 +226,87 @@ class Front:
             result.message += f" (on {len(answers)} of {len(replicas.replicas)} replicas)"
         return result
 
-    # ---- one image, through its runner ---------------------------------------------------------------
+    # ---- images, through their runner ------------------------------------------------------------------
 
-    async def call_runner(self, family: str, job: InferenceJob) -> Outcome:
-        """One prediction on a ready replica of the family's runner (yolo_toys/replicas.py): sent again
-        elsewhere if its replica's connection failed, 503 at once while no replica is ready."""
-        [outcome] = await self.runners[family].call("predict", [job])
-        return Outcome.model_validate(outcome)
+    async def call_runner(self, family: str, jobs: list[InferenceJob]) -> list[Answer]:
+        """Predictions on a ready replica of the family's runner (yolo_toys/replicas.py): sent again
+        elsewhere if its replica's connection failed, 503 at once while no replica is ready. Each answer's
+        body is already the route's answer: it is not parsed here (`Answer`, yolo_toys/schemas.py)."""
+        return unpack_answers(await self.runners[family].call("predict", jobs))
 
     async def run(self, task: Task, image: UploadedFile, name: str | None, options: PredictOptions,
-                  annotate: bool = False) -> Outcome:  # fmt: skip
-        """Check, resolve, infer: the outcome of one image, with `total_ms` filled in; raises ServiceError."""
+                  annotate: bool = False) -> Answer:  # fmt: skip
+        """One image: its upload checks first, as the whole request's (raises ServiceError), then its answer."""
+        [answer] = await self._run(task, [check_upload(image.data)], name, options, annotate)
+        return answer
+
+    async def run_batch(self, task: Task, images: list[UploadedFile], name: str | None,
+                        options: PredictOptions) -> list[Answer]:  # fmt: skip
+        """Several images: an image that fails its upload checks answers its own error, the others go on."""
+        limit = settings().max_request_images
+        if len(images) > limit:
+            raise ServiceError(413, "too many images", f"{len(images)} images; the limit is {limit} per request")
+        return await self._run(task, [_checked(image) for image in images], name, options)
+
+    async def _run(self, task: Task, uploads: list[EncodedImage | Answer], name: str | None, options: PredictOptions,
+                   annotate: bool = False) -> list[Answer]:  # fmt: skip
+        """Resolve, infer: one answer per upload, in order, from one runner call (one adaptive batch)."""
         started = time.perf_counter()
-        upload = check_upload(image.data)
         name, version = split_version(name)
         info = self.resolve(await self.model_status(), task, name, options)
-        job = InferenceJob(model=info.name, version=version, task=task, image=upload.data, options=options,
-                           annotate=annotate)  # fmt: skip
-        outcome = await self.call_runner(info.family, job)
-        if outcome.error is not None:
-            raise ServiceError.from_body(outcome.status, outcome.error)
-        if outcome.result is not None:
-            elapsed = time.perf_counter() - started
-            outcome.result.timings.total_ms = elapsed * 1000
-            served_by = {"model": info.name, "version": str(outcome.result.version)}
-            VERSION_REQUESTS.labels(**served_by).inc()
-            VERSION_LATENCY.labels(**served_by).observe(elapsed)
-        return outcome
+        jobs = [InferenceJob(model=info.name, version=version, task=task, image=upload.data, options=options,
+                             annotate=annotate) for upload in uploads if isinstance(upload, EncodedImage)]  # fmt: skip
+        answered = iter(await self.call_runner(info.family, jobs) if jobs else [])
+        answers = [upload if isinstance(upload, Answer) else next(answered) for upload in uploads]
+        elapsed = time.perf_counter() - started
+        for answer in answers:
+            if answer.status == 200:
+                served_by = {"model": info.name, "version": str(answer.version)}
+                VERSION_REQUESTS.labels(**served_by).inc()
+                VERSION_LATENCY.labels(**served_by).observe(elapsed)
+        return answers
 
-    async def answer(self, task: Task, request: type[R], form: dict[str, Any]) -> Any:
-        """A route's answer: the task's result, or the error as JSON."""
-        return await self._respond(lambda: self._result(task, request.model_construct(**form)))
+    async def answer(self, task: Task, request: type[R], form: dict[str, Any]) -> Response:
+        """A task route's answer: the runner's bytes as they are, or the error as JSON."""
+        started = time.perf_counter()
 
-    async def _result(self, task: Task, request: ImageRequest) -> BaseModel:
-        return (await self.run(task, request.image, request.model, request.options())).result
+        async def send() -> Response:
+            fields = request.model_construct(**form)
+            answer = await self.run(task, fields.image, fields.model, fields.options())
+            return _reply(answer.status, answer.body, started)
+
+        return await self._respond(send)
 
     async def annotated(self, form: dict[str, Any]) -> Response:
         """The image with the task's results drawn on it, as a JPEG."""
+        started = time.perf_counter()
         request = AnnotateRequest.model_construct(**form)
 
         async def jpeg() -> Response:
-            outcome = await self.run(request.task, request.image, request.model, request.options(), annotate=True)
-            return Response(outcome.annotated_jpeg, media_type="image/jpeg")
+            answer = await self.run(request.task, request.image, request.model, request.options(), annotate=True)
+            if answer.status != 200 or answer.jpeg is None:
+                return _reply(answer.status, answer.body, started)
+            return _reply(200, answer.jpeg, started, "image/jpeg")
 
         return await self._respond(jpeg)
+
+    async def answer_batch(self, form: dict[str, Any]) -> Response:
+        """`POST /batch`: every image's answer in upload order, joined from the runner's bytes unparsed."""
+        started = time.perf_counter()
+        request = BatchRequest.model_construct(**form)
+
+        async def send() -> Response:
+            answers = await self.run_batch(request.task, request.images, request.model, request.options())
+            return _reply(200, batch_body(answers), started)
+
+        return await self._respond(send)
+
+    @staticmethod
+    def result(answer: Answer) -> Any:
+        """The result object of an answer, for the streams (tracking, events); its error raised."""
+        if answer.status != 200:
+            raise ServiceError.from_json(answer.status, answer.body)
+        return RESULT.validate_json(answer.body)
 
     @staticmethod
     async def _respond(make: Callable[[], Any]) -> Any:
@@ -289,7 +330,7 @@ class Front:
             tracker = Tracker(request.tracker) if request.tracking and request.task in TRACKED_TASKS else None
 
             async def infer(data: bytes) -> Any:
-                return (await self.run(request.task, UploadedFile(data), request.model, options)).result
+                return self.result(await self.run(request.task, UploadedFile(data), request.model, options))
 
             events = video_events(frames, infer, tracker)
             return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
@@ -312,4 +353,20 @@ class Front:
             OPEN_STREAMS.dec()
 
     async def stream_frame(self, config: StreamConfig, frame: Frame) -> Any:
-        return (await self.run(config.task, UploadedFile(frame.data), config.model, config.options())).result
+        return self.result(await self.run(config.task, UploadedFile(frame.data), config.model, config.options()))
+
+
+def _checked(image: UploadedFile) -> EncodedImage | Answer:
+    try:
+        return check_upload(image.data)
+    except ServiceError as exc:
+        return exc.answer()
+
+
+def _reply(status: int, body: bytes, started: float, media_type: str = "application/json") -> Response:
+    """A route's answer from the runner's bytes, unparsed. `Server-Timing` is the front's wall time (the
+    result's `timings.total_ms` is the runner's); a runner's 503 (overloaded) says when to retry."""
+    headers = {"Server-Timing": f"total;dur={(time.perf_counter() - started) * 1000:.2f}"}
+    if status == 503:
+        headers["Retry-After"] = str(settings().retry_after_s)
+    return Response(body, status_code=status, headers=headers, media_type=media_type)

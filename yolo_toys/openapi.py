@@ -11,6 +11,7 @@ server alone.
 from __future__ import annotations
 
 import copy
+import inspect
 from functools import lru_cache
 from typing import Any
 
@@ -20,7 +21,7 @@ from starlette.responses import HTMLResponse
 
 from yolo_toys import __version__
 from yolo_toys.errors import STATUSES
-from yolo_toys.schemas import ErrorBody, VideoEvent
+from yolo_toys.schemas import BatchResult, ErrorBody, VideoEvent
 from yolo_toys.tasks import TASKS
 
 INTRO = """\
@@ -31,6 +32,7 @@ Each task answers one result schema, whichever family serves it: switch models w
 
 - [`GET /models`](./models): what is loaded, per task and family; labels at `GET /models/{name}`.
 - [`/demo`](./demo/): the live web demo (webcam or video file over `WS /ws/stream`).
+- `POST /batch`: several images in one request (and one adaptive batch), a result or an error each.
 - `POST /stream/video`: per-frame results of a video as server-sent events.
 - [`/docs.json`](./docs.json): this OpenAPI document. `/metrics`: Prometheus.
 
@@ -47,7 +49,9 @@ ROUTE_ERRORS: dict[str, tuple[int, ...]] = {
     "/stream/video": (400, 401, 404, 408, 413, 415, 422, 503), "/models": (401, 503), "/models/{name}": (401, 404, 503),
 }
 
-RESULTS: dict[str, type[BaseModel]] = {f"/{task.value}": spec.result for task, spec in TASKS.items()}
+# The 200 answer of each route that answers JSON built in the runners (BentoML's document does not know them).
+RESULTS: dict[str, type[BaseModel]] = {**{f"/{task.value}": spec.result for task, spec in TASKS.items()},
+                                       "/batch": BatchResult}  # fmt: skip
 
 PAGE = """\
 <!DOCTYPE html>
@@ -108,7 +112,7 @@ def _tidy_form(operation: dict[str, Any], schemas: dict[str, Any]) -> None:
         properties = media["schema"].get("properties", {})
         for name, field in properties.items():
             _tidy_field(field, name in required, schemas)
-        files = [name for name, field in properties.items() if field.get("format") == "binary"]
+        files = [name for name, field in properties.items() if "binary" in (field.get("format"), field.get("items", {}).get("format"))]
         media["schema"]["properties"] = {name: properties[name] for name in [*files, *properties] if name in properties}
 
 
@@ -176,7 +180,7 @@ def _ok(path: str, operation: dict[str, Any]) -> dict[str, Any]:
     result = RESULTS.get(path)
     if result is None:
         return {str(k): v for k, v in operation["responses"].items()}["200"]
-    return {"description": result.__doc__ or "The task's result",
+    return {"description": inspect.cleandoc(result.__doc__ or "The task's result"),
             "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{result.__name__}"}}}}  # fmt: skip
 
 

@@ -6,10 +6,12 @@ every runner postprocesses into these types.
 
 from __future__ import annotations
 
+import struct
+from dataclasses import dataclass
 from enum import Enum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter
 
 
 class Task(str, Enum):
@@ -181,7 +183,12 @@ class Timings(BaseModel):
     preprocess_ms: float = 0.0
     inference_ms: float = 0.0
     postprocess_ms: float = 0.0
-    total_ms: float = Field(0.0, description="Wall time inside the service, upload parsing excluded.")
+    total_ms: float = Field(
+        0.0,
+        description="Wall time inside the model's runner, from the image's arrival to its answer (queue, decode, "
+        "inference, postprocessing). The front's own wall time, upload parsing excluded, is the answer's "
+        "`Server-Timing: total;dur=<ms>` header.",
+    )
     batch_size: int = Field(1, description="How many images shared this image's inference batch.")
     load_ms: float = Field(0.0, description="Cold start: the model version was loaded for this request (evicted before).")
 
@@ -444,6 +451,7 @@ TaskResult = Annotated[
     | DepthResult,
     Field(discriminator="task"),
 ]
+RESULT: TypeAdapter[TaskResult] = TypeAdapter(TaskResult)  # a result's JSON, written by the runners, read by streams
 
 
 class ErrorBody(BaseModel):
@@ -454,6 +462,22 @@ class ErrorBody(BaseModel):
         None,
         description="Specifics: the offending value, the limit, the choices.",
     )
+
+
+class BatchError(ErrorBody):
+    """One image of a `POST /batch` without a result: the error its own request would have had."""
+
+    status: int = Field(description="The HTTP status a single-image request would have answered.", examples=[400])
+
+
+BatchItem = Annotated[TaskResult | BatchError, Field(description="The task's result, or this image's error.")]
+
+
+class BatchResult(BaseModel):
+    """One item per uploaded image, in upload order: the task's result as the single-image route gives it,
+    or `{"error", "detail", "status"}` for that image alone."""
+
+    results: list[BatchItem]
 
 
 # ---- server-sent events of `POST /stream/video` ---------------------------------------------------
@@ -560,12 +584,62 @@ class InferenceJob(BaseModel):
 
 
 class Outcome(BaseModel):
-    """A runner's answer for one job: a result, or the error the front must send."""
+    """What a runner's batch made of one job (runners/batch.py): a result, or the error the front must send."""
 
     result: TaskResult | None = None
     annotated_jpeg: bytes | None = Field(None, repr=False)
     status: int = 200
     error: ErrorBody | None = None
+
+
+# The runner's `predict` answers one `Answer` per job, packed by `pack_answers` into one bytes body
+# (BentoML sends a `bytes` answer as it is, and hands it to the calling front as it is). Per answer,
+# a header of 14 bytes, then the body, then the JPEG:
+#     status: u16 | version: u32 (0: none) | body length: u32 | jpeg length: u32    (little-endian)
+# The body is the route's answer, written once in the runner: the task's result JSON (`version` and
+# `timings` filled in), or the error `{"error", "detail"}`. The front sends it as it is: no parsing,
+# no validation, no second serialisation; /batch joins the bodies (`batch_body`). A JSON envelope would
+# escape each body into a string and base64 the JPEG; pydantic answers (BentoML's pickle) had the front's
+# client validate every result, and the route serialise it again.
+_HEADER = struct.Struct("<HIII")
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A runner's answer for one job, as the route sends it."""
+
+    status: int
+    body: bytes  # JSON: the task's result, or `{"error", "detail"}`
+    version: int | None = None  # the model version that answered (the front's per-version metrics)
+    jpeg: bytes | None = None  # the annotated image, when the job asked for it
+
+
+def pack_answers(answers: list[Answer]) -> bytes:
+    """The runner's `predict` answer: the answers in job order, framed as above."""
+    parts = []
+    for a in answers:
+        jpeg = a.jpeg or b""
+        parts += (_HEADER.pack(a.status, a.version or 0, len(a.body), len(jpeg)), a.body, jpeg)
+    return b"".join(parts)
+
+
+def unpack_answers(data: bytes) -> list[Answer]:
+    """`pack_answers`' answers back, in the front: only the headers are read."""
+    answers, at, view = [], 0, memoryview(data)
+    while at < len(data):
+        status, version, body_len, jpeg_len = _HEADER.unpack_from(data, at)
+        at += _HEADER.size
+        body, jpeg = bytes(view[at : at + body_len]), bytes(view[at + body_len : at + body_len + jpeg_len])
+        answers.append(Answer(status, body, version or None, jpeg or None))
+        at += body_len + jpeg_len
+    return answers
+
+
+def batch_body(answers: list[Answer]) -> bytes:
+    """`BatchResult` JSON joined from the answers' bodies, unparsed: an error body (`{...}`, the runners'
+    and `ServiceError.json()`'s compact JSON object) gets its `"status"` as last key."""
+    items = [a.body if a.status == 200 else b'%s,"status":%d}' % (a.body[:-1], a.status) for a in answers]
+    return b'{"results":[' + b",".join(items) + b"]}"
 
 
 # ---- model management (admin keys; yolo_toys/front.py, runners/serving.py) ------------------------

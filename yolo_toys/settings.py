@@ -52,6 +52,9 @@ def parse_replicas(value: str) -> dict[str, list[str]]:
 class Settings:
     max_upload_bytes: int = 20 * 1024 * 1024  # YOLO_TOYS_MAX_UPLOAD_BYTES: one uploaded image
     max_pixels: int = 40_000_000  # YOLO_TOYS_MAX_PIXELS: decoded width x height
+    # YOLO_TOYS_MAX_REQUEST_IMAGES: images of one `POST /batch`; all of them share the one request body
+    # limit (YOLO_TOYS_MAX_UPLOAD_BYTES + 1 MiB, yolo_toys/guards.py), as one image of another route does.
+    max_request_images: int = 64
     max_streams: int = 64  # YOLO_TOYS_MAX_STREAMS: open WebSocket streams per front process
     # YOLO_TOYS_MAX_FRAME_BYTES: one WebSocket frame; below uvicorn's 16 MiB message limit, so an
     # oversize frame gets an error message instead of a closed connection.
@@ -111,6 +114,7 @@ class Settings:
         return cls(
             max_upload_bytes=_int(environ, "YOLO_TOYS_MAX_UPLOAD_BYTES", cls.max_upload_bytes),
             max_pixels=_int(environ, "YOLO_TOYS_MAX_PIXELS", cls.max_pixels),
+            max_request_images=_int(environ, "YOLO_TOYS_MAX_REQUEST_IMAGES", cls.max_request_images),
             max_streams=_int(environ, "YOLO_TOYS_MAX_STREAMS", cls.max_streams),
             max_frame_bytes=_int(environ, "YOLO_TOYS_MAX_FRAME_BYTES", cls.max_frame_bytes),
             body_timeout_s=_float(environ, "YOLO_TOYS_BODY_TIMEOUT_S", cls.body_timeout_s),

@@ -59,6 +59,12 @@ MaxFrames = Annotated[
 # ---- the routes' forms ---------------------------------------------------------------------------
 
 
+def _options(request: BaseModel) -> PredictOptions:
+    """A request's options: its fields that `PredictOptions` names."""
+    mine = type(request).model_fields
+    return PredictOptions(**{k: getattr(request, k) for k in PredictOptions.model_fields if k in mine})
+
+
 class ImageRequest(IODescriptor):
     """The fields of every image route: the image, and the model (the task's default if omitted).
 
@@ -71,8 +77,7 @@ class ImageRequest(IODescriptor):
 
     def options(self) -> PredictOptions:
         """The request's options under `PredictOptions`' names (routes with other names override this)."""
-        mine = type(self).model_fields
-        return PredictOptions(**{k: getattr(self, k) for k in PredictOptions.model_fields if k in mine})
+        return _options(self)
 
 
 class BoxRequest(ImageRequest):
@@ -128,8 +133,11 @@ class VqaRequest(ImageRequest):
         return PredictOptions(text=self.question, max_new_tokens=self.max_new_tokens)
 
 
-class AnnotateRequest(ImageRequest):
-    """`prompts` are the open-vocabulary prompts or the zero-shot labels; `text` the caption prefix or the question."""
+class AnyTask(BaseModel):
+    """The task, and the options of every task: the fields of the routes that serve any task.
+
+    `prompts` are the open-vocabulary prompts or the zero-shot labels; `text` the caption prefix or the question.
+    """
 
     task: TaskChoice
     conf: Conf
@@ -141,6 +149,34 @@ class AnnotateRequest(ImageRequest):
     prompts: Prompts
     text: Prefix
     max_new_tokens: MaxNewTokens
+
+    def options(self) -> PredictOptions:
+        return _options(self)
+
+
+class AnnotateRequest(AnyTask, ImageRequest):
+    """`POST /annotate`: one image, any task."""
+
+
+Images = Annotated[
+    list[ImageUpload],
+    Field(
+        min_length=1,
+        description="The image files, one `images` part each (`-F images=@a.jpg -F images=@b.jpg`); at most "
+        "YOLO_TOYS_MAX_REQUEST_IMAGES (64 by default), within the request body limit (`YOLO_TOYS_MAX_UPLOAD_BYTES`).",
+    ),
+]
+
+
+class ImagesRequest(IODescriptor):
+    """The images and the model of `POST /batch` (its first fields)."""
+
+    images: Images
+    model: ModelName
+
+
+class BatchRequest(AnyTask, ImagesRequest):
+    """`POST /batch`: several images for one task and model, with `/annotate`'s options."""
 
 
 class StreamOptions(BaseModel):

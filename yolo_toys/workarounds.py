@@ -40,12 +40,15 @@ def _validation_error(field: str, message: str) -> Exception:
 
 
 async def _check_form_fields(form: Any, cls: Any) -> None:
-    """Every part names a field of the route, once for the file fields; files there, text elsewhere.
+    """Every part names a field of the route, once for a file field (repeated for a list of files:
+    `images` of /batch); files there, text elsewhere.
 
     BentoML reads an unknown or text field as JSON: binary data there (`-F images=@bus.jpg`) was a
     500 (UnicodeDecodeError), and a second `image` part was silently ignored. A text field may come
     as a part with a file name (Swagger UI sends them so) if it holds UTF-8 text.
     """
+    from _bentoml_sdk.typing_utils import is_list_type
+
     fields = cls.model_fields
     for name in form:
         if name not in fields:
@@ -54,7 +57,7 @@ async def _check_form_fields(form: Any, cls: Any) -> None:
         if name in cls.multipart_fields:
             if any(isinstance(v, str) for v in values):
                 raise _validation_error(name, f"`{name}` must be an uploaded file; URLs and text are not accepted")
-            if len(values) > 1:
+            if len(values) > 1 and not is_list_type(fields[name].annotation):
                 raise _validation_error(name, f"{len(values)} `{name}` parts; send one per request")
             continue
         for value in values:
@@ -270,8 +273,8 @@ WORKAROUNDS: tuple[Workaround, ...] = (
         "bentoml/BentoML#4971, PR #5698 (open)", "yolo_toys.front.Front.call_runner",
     ),
     Workaround(
-        "runner answers state their media type, or BentoML rebuilds the list's JSON schema per answer (~7 ms)",
-        "found here, not filed", "runners.runner.Outcomes",
+        "runner answers state their media type, or BentoML rebuilds the answer's JSON schema per answer (~7 ms)",
+        "found here, not filed", "runners.runner.PackedAnswers",
     ),
     Workaround(
         "adaptive batching by our own queue: the CorkDispatcher's learned wait holds lone requests after a burst",
