@@ -31,7 +31,7 @@ from runners import manage
 from runners.batch import MODEL_BATCH, Member, run_batch
 from runners.batcher import Batcher
 from runners.family import Family, LoadedModel
-from runners.serving import Poller, Served, release_memory
+from runners.serving import Poller, Served, keep_freed_memory, release_memory
 from yolo_toys import drawing, workarounds
 from yolo_toys.errors import ServiceError
 from yolo_toys.imaging import DecodedImage
@@ -72,6 +72,7 @@ class FamilyRunner:
 
     def __init__(self) -> None:
         workarounds.install()
+        keep_freed_memory()
         catalog = load_catalog()
         self.catalog, settings = catalog, catalog.runner(self.family.name)
         self.batcher = Batcher(self.family.name, self.run, settings.max_batch_size, settings.max_latency_ms)

@@ -53,6 +53,29 @@ def release_memory() -> None:
         pass
 
 
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+MMAP_THRESHOLD = 32 * 2**20  # glibc's most for it on 64-bit
+TRIM_THRESHOLD = 256 * 2**20
+
+
+def keep_freed_memory() -> None:
+    """Keep the blocks a request frees in glibc's heap for the next request, instead of handing them
+    back to the OS at once.
+
+    glibc unmaps a freed block over its mmap threshold and trims the heap's top over its trim
+    threshold, so each request page-faulted its decoded photo (2.6 MB for bus.jpg) and its model
+    input and outputs in again: bus.jpg's decode took 3.4 ms after a lean-path inference instead of
+    2.6 ms in-process, and 4.3 ms instead of 2.3 ms served on one core. The heap now keeps up to
+    TRIM_THRESHOLD freed at its top; unloading a model still gives everything back (`release_memory`).
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+        libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def _memory() -> int:
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available():
