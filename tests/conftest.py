@@ -32,6 +32,16 @@ SHARED_WEIGHTS = weights_dir()
 RANDOM_MODELS = {"rand-yolov8n": ("yolov8n.yaml", "detect"), "rand-yolov8n-obb": ("yolov8n-obb.yaml", "obb")}
 
 
+def assert_error(resp: httpx.Response, status: int, error: str | None = None) -> dict:
+    """The answer is `status` with exactly `{"error", "detail"}` (and that `error`, if given)."""
+    assert resp.status_code == status, resp.text
+    body = resp.json()
+    assert set(body) == {"error", "detail"}, body
+    if error is not None:
+        assert body["error"] == error, body
+    return body
+
+
 def bus_jpg() -> bytes:
     from ultralytics.utils import ASSETS
 

@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from bench.servers import free_port, own_home
-from conftest import Server, bus_jpg, serving
+from conftest import Server, assert_error, bus_jpg, serving
 from load import Load
 
 pytestmark = pytest.mark.serve
@@ -40,15 +40,6 @@ def counter(text: str, name: str, **labels: str) -> float:
         if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
             total += float(line.rsplit(" ", 1)[1])
     return total
-
-
-def assert_error(resp: httpx.Response, status: int, error: str | None = None) -> dict:
-    assert resp.status_code == status, resp.text
-    body = resp.json()
-    assert set(body) == {"error", "detail"}, body
-    if error is not None:
-        assert body["error"] == error, body
-    return body
 
 
 # ---- metrics and answers ----------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import Server, bus_jpg, zidane_jpg
+from conftest import Server, assert_error, bus_jpg, zidane_jpg
 from imagefiles import BROKEN
 from yolo_toys.schemas import BatchError, BatchResult, DetectResult, ErrorBody
 
@@ -52,15 +52,6 @@ def tiny_jpeg() -> bytes:
     buf = io.BytesIO()
     Image.open(io.BytesIO(bus_jpg())).resize((81, 108)).save(buf, format="JPEG")
     return buf.getvalue()
-
-
-def assert_error(resp: httpx.Response, status: int, error: str | None = None) -> dict:
-    assert resp.status_code == status, resp.text
-    body = resp.json()
-    assert set(body) == {"error", "detail"}, body
-    if error is not None:
-        assert body["error"] == error, body
-    return body
 
 
 # ---- several images, one batch -----------------------------------------------------------------------
