@@ -46,6 +46,7 @@ class Metadata:
     stride: int
     end2end: bool
     kpt_shape: tuple[int, int] | None
+    batch: int  # the export's batch: the runtimes here run a batch-1 export image by image
 
 
 def read_metadata(path: Path) -> Metadata | None:
@@ -61,7 +62,7 @@ def read_metadata(path: Path) -> Metadata | None:
     return Metadata(task=Task(raw["task"]), names={int(k): str(v) for k, v in value("names", {}).items()},
                     imgsz=(int(imgsz[0]), int(imgsz[-1])), stride=int(raw.get("stride", 32)),
                     end2end=bool(value("end2end", False) or args.get("nms", False)),
-                    kpt_shape=tuple(kpt) if kpt else None)  # fmt: skip
+                    kpt_shape=tuple(kpt) if kpt else None, batch=int(raw.get("batch", 1)))  # fmt: skip
 
 
 # ---- letterbox: LetterBox(auto=...) of ultralytics/data/augment.py, for a whole chunk ------------------

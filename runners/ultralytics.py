@@ -196,14 +196,14 @@ def _bounded_obb_predictor() -> type:
 def _load_exported(entry: ModelEntry, weights: Path, fmt: str) -> LoadedYolo | None:
     """An OpenVINO or ONNX export on the lean path (runners/exported.py); None: it goes through `predict`.
 
-    Not on it: exports without Ultralytics metadata, NMS inside the graph, and dynamic INT8 OpenVINO
+    Not on it: exports without Ultralytics metadata, NMS inside the graph, a batch other than 1, and dynamic INT8 OpenVINO
     models on CPUs with AMX, which OpenVINO crashes on (Ultralytics recompiles those per input shape).
     """
     if fmt not in exported.FORMATS or not settings().lean_path:
         return None
     path = next(weights.glob("*.xml")) if weights.is_dir() else weights
     meta = exported.read_metadata(path)
-    if meta is None or meta.end2end or (fmt == "openvino" and exported.amx_dynamic_int8(path)):
+    if meta is None or meta.end2end or meta.batch != 1 or (fmt == "openvino" and exported.amx_dynamic_int8(path)):
         return None
     if meta.task != entry.task:
         raise SourceUnavailable(f"the weights are for task {meta.task.value}, the catalog says {entry.task.value}")

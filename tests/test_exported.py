@@ -171,3 +171,18 @@ def test_a_dynamic_export_follows_imgsz_as_predict_does(both: tuple) -> None:
     for image in _images():
         [mine], [theirs] = _results(lean, [image], options), _results(reference, [image], options)
         assert_same(mine, theirs)
+
+
+def test_an_export_with_another_batch_stays_on_predict(tmp_path: Path) -> None:
+    """The runtimes here run a batch-1 export image by image; an export of another batch goes through `predict`."""
+    import shutil
+
+    from runners.ultralytics import _load_exported
+
+    folder = tmp_path / "yolov8n_int8_openvino_model"
+    shutil.copytree(SHARED_WEIGHTS / "yolov8n_int8_openvino_model", folder)
+    entry = ModelEntry(name="b", family="ultralytics", task=Task.detect, sources=[{"local": str(folder)}])
+    assert _load_exported(entry, folder, "openvino") is not None
+    metadata = folder / "metadata.yaml"
+    metadata.write_text(metadata.read_text().replace("batch: 1\n", "batch: 4\n", 1))
+    assert _load_exported(entry, folder, "openvino") is None
