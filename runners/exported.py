@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import ast
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -262,9 +261,9 @@ def torch_cat(parts: list[Any]) -> Any:
 class ExportedModel:
     """One export served on this path: load, letterbox, infer and decode a chunk of images."""
 
-    def __init__(self, weights: Path, fmt: str, meta: Metadata, threads: int | None = None) -> None:
-        """`threads`: what the runtime may use, by default every core of the process."""
-        self.meta, self.runtime = meta, runtime(weights, fmt, threads or len(os.sched_getaffinity(0)))
+    def __init__(self, weights: Path, fmt: str, meta: Metadata, threads: int) -> None:
+        """`threads`: the CPU threads the runtime may use (the worker's share of the cores: RunnerSettings.cpu_threads)."""
+        self.meta, self.runtime = meta, runtime(weights, fmt, threads)
         self.auto = self.runtime.dynamic  # a dynamic export takes each image's minimum rectangle, as `predict` does
 
     @property
