@@ -81,6 +81,7 @@ def both(request: pytest.FixtureRequest, exports: dict[str, Path], monkeypatch: 
         _config, task, _export = RANDOM[name]
         weights, options = exports[name], RANDOM_OPTIONS
     yield _load(name, task, weights, True, monkeypatch), _load(name, task, weights, False, monkeypatch), options
+    settings.cache_clear()  # the test read the settings with the lean path off: the next test reads them afresh
 
 
 def _images() -> list[DecodedImage]:
